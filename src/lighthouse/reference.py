@@ -186,11 +186,19 @@ def compute_selection(q_BHND, k_BGND, v_BGND, cfg: LighthouseConfig, context=Non
 # Gather, attention, scatter (spec §1, §4, §4b, §5)
 # ---------------------------------------------------------------------------------------
 def gather_pyramid(x_BXND: torch.Tensor, index_BHS: torch.Tensor, cfg: LighthouseConfig) -> torch.Tensor:
-    """Mean-pooled vectors at `index_BHS` for every query head: [B, H, S, D]."""
-    H = index_BHS.shape[1]
+    """Mean-pooled vectors at `index_BHS` for every query head: [B, H, S, D].
+
+    Query head h reads kv head h // (H/X); the pyramid is indexed flat over (X, P) so it is
+    never copied per query head.
+    """
+    B, X, N, D = x_BXND.shape
+    H, S = index_BHS.shape[1:]
     pyr_BXPD = mean_pool_pyramid(x_BXND, cfg)
-    pyr_BHPD = pyr_BXPD.repeat_interleave(H // x_BXND.shape[1], dim=1)
-    return pyr_BHPD.gather(2, index_BHS.unsqueeze(-1).expand(-1, -1, -1, x_BXND.shape[-1]))
+    P = pyr_BXPD.shape[2]
+    head_H = torch.arange(H, device=index_BHS.device) // (H // X)
+    flat_BHS = index_BHS + (head_H * P).view(1, H, 1)
+    flat_index = flat_BHS.view(B, H * S, 1).expand(-1, -1, D)
+    return pyr_BXPD.reshape(B, X * P, D).gather(1, flat_index).view(B, H, S, D)
 
 
 def scatter_back(o_BHSD: torch.Tensor, index_BHS: torch.Tensor, cfg: LighthouseConfig, seq_len: int) -> torch.Tensor:
@@ -204,12 +212,13 @@ def scatter_back(o_BHSD: torch.Tensor, index_BHS: torch.Tensor, cfg: LighthouseC
     acc = accumulate_dtype(o_BHSD.dtype)
     pyr_BHPD = o_BHSD.new_zeros(B, H, P, D, dtype=acc)
     pyr_BHPD = pyr_BHPD.scatter(2, index_BHS.unsqueeze(-1).expand(-1, -1, -1, D), o_BHSD.to(acc))
-    out_BHND = torch.zeros(B, H, seq_len, D, dtype=acc, device=o_BHSD.device)
-    for level, c in enumerate(level_factors(cfg), start=1):
+    out_BHND = pyr_BHPD[:, :, :seq_len].clone()  # level 1: c = 1, no shift
+    for level, c in enumerate(level_factors(cfg)[1:], start=2):
         off = cfg.level_offset(seq_len, level)
         level_BHnD = pyr_BHPD[:, :, off : off + seq_len // c]
-        spread_BHND = level_BHnD.repeat_interleave(c, dim=2)  # entry i covers [c*i, c*(i+1))
-        out_BHND = out_BHND + F.pad(spread_BHND, (0, 0, c - 1, 0))[:, :, :seq_len]  # shift by c-1
+        # Entry i covers [c*i, c*(i+1)); its output lands c - 1 positions later.
+        spread_BHND = level_BHnD.unsqueeze(3).expand(B, H, seq_len // c, c, D).reshape(B, H, seq_len, D)
+        out_BHND[:, :, c - 1 :] += spread_BHND[:, :, : seq_len - c + 1]
     return out_BHND.to(o_BHSD.dtype)
 
 
@@ -229,6 +238,8 @@ def attend(q_BHND, k_BGND, v_BGND, selection: Selection, cfg: LighthouseConfig, 
 
 def pad_to(x_BXND: torch.Tensor, seq_len: int) -> torch.Tensor:
     """Right-pad the sequence dimension with zeros."""
+    if x_BXND.shape[2] == seq_len:
+        return x_BXND
     return F.pad(x_BXND, (0, 0, 0, seq_len - x_BXND.shape[2]))
 
 
