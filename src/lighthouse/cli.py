@@ -1,0 +1,147 @@
+"""The `lighthouse` command: train, eval, plot.
+
+    lighthouse train --config configs/demo.toml --baseline   # two stages + dense baseline, table, plot
+    lighthouse train --config configs/demo.toml --resume     # continue after a kill
+    lighthouse eval --checkpoint runs/demo --attention dense # validation bits-per-byte
+    lighthouse plot runs/demo runs/demo-baseline -o plot.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.batch_size=16 --set stages.0.steps=200 (repeatable)",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the config's training.device, auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lighthouse", description="Two-stage Lighthouse Attention training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train the stages of a config (and, with --baseline, a dense baseline)")
+    t.add_argument("--config", help="TOML config (default: the built-in demo, same as configs/demo.toml)")
+    _add_common(t)
+    t.add_argument("--baseline", action="store_true",
+                   help="also train dense attention from scratch for the same steps into runs/<name>-baseline, then compare")
+    t.add_argument("--baseline-only", action="store_true", help="train only the dense baseline")
+    t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="delete an existing run folder and start over")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--plot", metavar="PNG", help="where to write the comparison plot (default: runs/<name>/plot.png)")
+
+    e = sub.add_parser("eval", help="validation bits-per-byte of a checkpoint")
+    e.add_argument("--checkpoint", required=True, help="a run folder (its latest checkpoint) or a checkpoint folder")
+    e.add_argument("--attention", choices=("auto", "dense", "lighthouse"), default="auto",
+                   help="attention of the non-dense layers (auto: that of the checkpoint's stage)")
+    e.add_argument("--windows", type=int, help="validation windows to score (default: the run's data.val_windows)")
+    _add_common(e)
+
+    p = sub.add_parser("plot", help="plot loss vs tokens and vs wall-clock for runs")
+    p.add_argument("runs", nargs="+", help="run folders (with metrics.jsonl)")
+    p.add_argument("-o", "--output", default="plot.png", help="PNG to write (default: plot.png)")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from .trainer.config import baseline_config, load_config
+    from .trainer.loop import train
+    from .trainer.metrics import format_table
+    from .trainer.plot import plot_runs
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"training.device={args.device!r}".replace("'", '"'))
+    if args.compile:
+        overrides.append("training.compile=true")
+    if args.no_progress:
+        overrides.append("training.progress=false")
+    cfg = load_config(args.config, overrides)
+    if args.config is None:
+        print("using the built-in demo config (same as configs/demo.toml)")
+    runs = [] if args.baseline_only else [cfg]
+    if args.baseline or args.baseline_only:
+        runs.append(baseline_config(cfg))
+    rows = []
+    for run_cfg in runs:
+        result = train(run_cfg, resume=args.resume, overwrite=args.overwrite)
+        rows += result.rows
+    print()
+    print(format_table(rows))
+    out = Path(args.plot) if args.plot else cfg.run_dir / "plot.png"
+    plot_runs([r.run_dir for r in runs], out)
+    print(f"\nplot: {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .trainer.checkpoint import load_checkpoint, resolve_checkpoint
+    from .trainer.config import config_from_dict
+    from .trainer.data import ByteData
+    from .trainer.loop import autocast_dtype, build_model, check_lighthouse, evaluate, resolve_device
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f'training.device="{args.device}"')
+    if args.windows:
+        overrides.append(f"data.val_windows={args.windows}")
+    cfg = config_from_dict(state["config"], overrides)
+    step = int(state["step"])
+    kind = args.attention if args.attention != "auto" else cfg.stages[cfg.stage_at(max(0, step - 1))].attention
+    if kind == "lighthouse":
+        check_lighthouse(cfg)
+    device = resolve_device(cfg.training.device)
+    model = build_model(cfg, device)
+    load_checkpoint(ckpt, model, device)
+    model.set_attention(kind)
+    windows = ByteData(cfg.data, cfg.training.seed).val_windows()
+    result = evaluate(model, windows, cfg.micro_batch, device, autocast_dtype(cfg, device))
+    print(
+        f"{ckpt}: step {step}, attention {kind} (layers {model.attention_kinds()}), "
+        f"{len(windows)} windows of {cfg.data.seq_len}: val bpb {result['val_bpb']:.4f}, val loss {result['val_loss']:.4f}"
+    )
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .trainer.plot import plot_runs
+
+    out = plot_runs(args.runs, args.output)
+    print(f"plot: {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from .trainer.config import ConfigError
+    from .trainer.data import DataError
+    from .trainer.loop import Interrupted, RunExistsError
+
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
+    except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(f"\n{e}; continue with --resume", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Metrics: one JSON object per line in `runs/<name>/metrics.jsonl` (and TensorBoard when
+installed), and the end-of-run summary table.
+
+Record kinds (field "kind"):
+  train      step, stage, attention, tokens, loss (nats/token), lr, grad_norm, time_s, tok_per_s
+  eval       step, stage, attention, tokens, val_bpb, val_loss, time_s
+  stage_end  step, stage, attention, tokens, time_s, val_bpb (with the stage's attention),
+             val_bpb_dense (with dense attention everywhere)
+
+`step` counts finished optimizer steps, `tokens` the training tokens seen so far and
+`time_s` the seconds spent in training steps (evaluation and checkpoints excluded),
+continued across resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            except Exception:  # tensorboard not installed
+                self._tb = None
+
+    def write(self, record: dict) -> None:
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        if self._tb is not None:
+            kind = record.get("kind", "train")
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                    self._tb.add_scalar(f"{kind}/{key}", value, record.get("step", 0))
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All records of a run (a truncated last line, from a kill mid-write, is ignored)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> None:
+    """Keep only records up to `step` (what a checkpoint at `step` had seen); atomic."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in kept)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def stage_rows(run_dir: str | Path) -> list[dict]:
+    """One row per finished stage: name, stage, attention, steps, tokens, time, bpb."""
+    run_dir = Path(run_dir)
+    rows, prev = [], {"step": 0, "tokens": 0, "time_s": 0.0}
+    for r in read_metrics(run_dir):
+        if r.get("kind") != "stage_end":
+            continue
+        rows.append(
+            {
+                "run": run_dir.name,
+                "stage": r["stage"] + 1,
+                "attention": r["attention"],
+                "steps": r["step"] - prev["step"],
+                "tokens": r["tokens"] - prev["tokens"],
+                "time_s": r["time_s"] - prev["time_s"],
+                "total_time_s": r["time_s"],
+                "val_bpb": r.get("val_bpb"),
+                "val_bpb_dense": r.get("val_bpb_dense"),
+            }
+        )
+        prev = r
+    return rows
+
+
+def _fmt_tokens(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _fmt_time(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.2f}h"
+    if s >= 60:
+        return f"{int(s // 60)}m{s % 60:04.1f}s"
+    return f"{s:.1f}s"
+
+
+def format_table(rows: list[dict]) -> str:
+    """The summary table: one line per stage of every run, then a total per run."""
+    header = ["run", "stage", "attention", "steps", "tokens", "time", "tok/s", "val bpb", "val bpb (dense)"]
+    lines = []
+    by_run: dict[str, list[dict]] = {}
+    for r in rows:
+        by_run.setdefault(r["run"], []).append(r)
+    for run, rs in by_run.items():
+        for r in rs:
+            lines.append(_row(r, str(r["stage"])))
+        if len(rs) > 1:
+            total = {
+                "run": run,
+                "attention": "+".join(r["attention"] for r in rs),
+                "steps": sum(r["steps"] for r in rs),
+                "tokens": sum(r["tokens"] for r in rs),
+                "time_s": sum(r["time_s"] for r in rs),
+                "val_bpb": rs[-1]["val_bpb"],
+                "val_bpb_dense": rs[-1]["val_bpb_dense"],
+            }
+            lines.append(_row(total, "all"))
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+def _row(r: dict, stage: str) -> list[str]:
+    def bpb(x):
+        return "-" if x is None else f"{x:.4f}"
+
+    tok_s = r["tokens"] / r["time_s"] if r["time_s"] > 0 else 0.0
+    return [
+        r["run"],
+        stage,
+        r["attention"],
+        str(r["steps"]),
+        _fmt_tokens(r["tokens"]),
+        _fmt_time(r["time_s"]),
+        f"{tok_s:,.0f}",
+        bpb(r["val_bpb"]),
+        bpb(r["val_bpb_dense"]),
+    ]

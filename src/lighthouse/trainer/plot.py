@@ -1,0 +1,75 @@
+"""`lighthouse plot runs/a runs/b -o plot.png`: training loss and validation bits-per-byte
+against tokens and against wall-clock (seconds spent in training steps), one line per run,
+with dotted vertical lines where a run changes stage. Hollow markers: the weights at the end
+of a Lighthouse stage evaluated with dense attention.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .metrics import read_metrics
+
+
+def _smooth(values: list[float], weight: float) -> list[float]:
+    out, avg = [], None
+    for v in values:
+        avg = v if avg is None else weight * avg + (1 - weight) * v
+        out.append(avg)
+    return out
+
+
+def plot_runs(run_dirs: list[str | Path], out: str | Path, smooth: float = 0.8) -> Path:
+    """Write a PNG comparing the runs; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), squeeze=False)
+    plotted = 0
+    for i, run_dir in enumerate(run_dirs):
+        run_dir = Path(run_dir)
+        records = read_metrics(run_dir)
+        if not records:
+            raise FileNotFoundError(f"no metrics in {run_dir} (expected {run_dir / 'metrics.jsonl'})")
+        color = f"C{i}"
+        train = [r for r in records if r.get("kind") == "train"]
+        evals = [r for r in records if r.get("kind") == "eval"]
+        label = run_dir.name
+        for col, x_key in enumerate(("tokens", "time_s")):
+            if train:
+                xs = [r[x_key] for r in train]
+                ys = [r["loss"] for r in train]
+                axes[0][col].plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
+                axes[0][col].plot(xs, _smooth(ys, smooth), color=color, label=label, linewidth=1.6)
+            if evals:
+                axes[1][col].plot([r[x_key] for r in evals], [r["val_bpb"] for r in evals], "o-", color=color, label=label)
+            # the same weights evaluated with dense attention where a stage ended on Lighthouse
+            swapped = [r for r in records if r.get("kind") == "stage_end" and r.get("attention") != "dense"]
+            if swapped:
+                axes[1][col].plot(
+                    [r[x_key] for r in swapped], [r["val_bpb_dense"] for r in swapped], "o", color=color,
+                    markerfacecolor="white", label=f"{label} (evaluated dense)",
+                )
+            for r in records:
+                if r.get("kind") == "stage_end" and r["step"] != (train[-1]["step"] if train else None):
+                    for row in (0, 1):
+                        axes[row][col].axvline(r[x_key], color=color, linestyle=":", linewidth=1)
+        plotted += 1
+
+    for col, xlabel in enumerate(("training tokens", "wall-clock (s, training steps)")):
+        axes[0][col].set_ylabel("training loss (nats/token)")
+        axes[1][col].set_ylabel("validation bits per byte")
+        for row in (0, 1):
+            axes[row][col].set_xlabel(xlabel)
+            axes[row][col].grid(alpha=0.3)
+            if plotted:
+                axes[row][col].legend()
+    fig.suptitle("loss vs tokens and vs wall-clock (dotted: stage switch)")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,137 @@
+"""The decoder: shapes, causality, dense == Lighthouse at levels=1, stage switch keeps parameters."""
+
+import pytest
+import torch
+
+from lighthouse.model import EOD_ID, VOCAB_SIZE, LighthouseArgs, ModelArgs, Transformer, check_model_args
+
+N = 256  # >= topk * pooling**(levels-1) = 128 * 2 for the Lighthouse settings below
+SMALL = dict(dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden=64, dense_layers=[0])
+LH = LighthouseArgs(levels=2, pooling=2, topk=128)
+
+
+def make(rope="window-end", lighthouse=LH, **kw):
+    torch.manual_seed(0)
+    return Transformer(ModelArgs(**{**SMALL, "rope": rope, **kw}), lighthouse)
+
+
+def tokens(B=2, n=N, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB_SIZE, (B, n), generator=g)
+
+
+@pytest.mark.parametrize("kind", ["dense", "lighthouse"])
+@pytest.mark.parametrize("rope", ["window-end", "pre-pool"])
+def test_forward_shapes_and_loss(kind, rope):
+    model = make(rope)
+    model.set_attention(kind)
+    x = tokens()
+    logits = model(x)
+    assert logits.shape == (2, N, VOCAB_SIZE) and logits.dtype == torch.float32
+    loss = model(x, x)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["dense", "lighthouse"])
+@pytest.mark.parametrize("rope", ["window-end", "pre-pool"])
+def test_causal(kind, rope):
+    """Changing tokens from position t on leaves the logits before t unchanged."""
+    model = make(rope)
+    model.set_attention(kind)
+    x = tokens(B=1)
+    t = 150
+    y = x.clone()
+    y[:, t:] = tokens(B=1, n=N - t, seed=7)
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    torch.testing.assert_close(a[:, :t], b[:, :t], rtol=0, atol=1e-5)
+    assert not torch.allclose(a[:, t:], b[:, t:])
+
+
+@pytest.mark.parametrize("rope", ["window-end", "pre-pool"])
+def test_dense_equals_lighthouse_at_one_level(rope):
+    one_level = LighthouseArgs(levels=1, pooling=2, topk=128)
+    model = make(rope, lighthouse=one_level, dense_layers=[])
+    x = tokens()
+    with torch.no_grad():
+        model.set_attention("dense")
+        dense = model(x)
+        model.set_attention("lighthouse")
+        assert model.attention_kinds() == ["lighthouse"] * 3
+        sparse = model(x)
+    assert torch.equal(dense, sparse)
+
+
+def test_lighthouse_differs_from_dense_when_compressing():
+    model = make(dense_layers=[])
+    x = tokens()
+    with torch.no_grad():
+        model.set_attention("dense")
+        dense = model(x)
+        model.set_attention("lighthouse")
+        sparse = model(x)
+    assert not torch.allclose(dense, sparse)
+
+
+def test_stage_switch_keeps_parameters():
+    model = make(dense_layers=[0, -1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = [id(p) for p in model.parameters()]
+    model.set_attention("lighthouse")
+    assert model.attention_kinds() == ["dense", "lighthouse", "dense"]
+    model.set_attention("dense")
+    assert model.attention_kinds() == ["dense"] * 3
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert ids == [id(p) for p in model.parameters()]
+    with pytest.raises(ValueError, match="attention kind"):
+        model.set_attention("sparse")
+
+
+def test_tied_and_untied_embeddings():
+    tied, untied = make(tie_embeddings=True), make(tie_embeddings=False)
+    assert tied.output.weight is tied.tok_embeddings.weight
+    assert untied.output.weight is not untied.tok_embeddings.weight
+    assert untied.num_params() - tied.num_params() == VOCAB_SIZE * 32
+
+
+def test_gqa_matches_repeated_heads():
+    """The dense layer with G < H equals one with the k/v heads repeated (MHA)."""
+    gqa = make(n_kv_heads=2)
+    mha = make(n_kv_heads=4)
+    with torch.no_grad():
+        for a, b in zip(gqa.layers, mha.layers):
+            for name in ("wq", "wo"):
+                getattr(b.attention, name).weight.copy_(getattr(a.attention, name).weight)
+            for name in ("wk", "wv"):
+                w = getattr(a.attention, name).weight.view(2, 8, 32)
+                getattr(b.attention, name).weight.copy_(w.repeat_interleave(2, dim=0).reshape(32, 32))
+            b.feed_forward.load_state_dict(a.feed_forward.state_dict())
+            b.attention_norm.load_state_dict(a.attention_norm.state_dict())
+            b.ffn_norm.load_state_dict(a.ffn_norm.state_dict())
+        mha.tok_embeddings.load_state_dict(gqa.tok_embeddings.state_dict())
+        mha.norm.load_state_dict(gqa.norm.state_dict())
+        x = tokens()
+        torch.testing.assert_close(gqa(x), mha(x), rtol=1e-5, atol=1e-5)
+
+
+def test_vocabulary_and_args_checks():
+    assert EOD_ID == 256 and VOCAB_SIZE >= 257
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        check_model_args(ModelArgs(n_heads=4, n_kv_heads=3))
+    with pytest.raises(ValueError, match="dense_layers"):
+        check_model_args(ModelArgs(n_layers=4, dense_layers=[4]))
+    with pytest.raises(ValueError, match="model.rope"):
+        check_model_args(ModelArgs(rope="late"))
+    assert ModelArgs(n_layers=30, dense_layers=[0, 1, -2, -1]).dense_layer_set() == {0, 1, 28, 29}
+
+
+def test_sub_seq_len_matches_core():
+    from lighthouse import LighthouseConfig
+
+    for lv, p, k, n in [(3, 2, 128, 1024), (2, 2, 128, 512), (3, 4, 1536, 98304), (2, 4, 256, 1500)]:
+        assert LighthouseArgs(lv, p, k).sub_seq_len(n) == LighthouseConfig(lv, p, k).sub_seq_len(n)
+        assert LighthouseArgs(lv, p, k).min_seq_len == LighthouseConfig(lv, p, k).min_seq_len
