@@ -5,14 +5,20 @@ Each kernel module keeps its PyTorch reference next to it (see `lighthouse.refer
 
 from __future__ import annotations
 
-import functools
+import torch
+
+_TRITON_AVAILABLE: bool | None = None
 
 
-@functools.lru_cache(maxsize=None)
+@torch.compiler.assume_constant_result  # torch.compile folds it to a constant instead of tracing the import
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:
-        return False
-    return True
+    global _TRITON_AVAILABLE
+    if _TRITON_AVAILABLE is None:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _TRITON_AVAILABLE = True
+        except Exception:
+            _TRITON_AVAILABLE = False
+    return _TRITON_AVAILABLE

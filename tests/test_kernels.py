@@ -1,0 +1,245 @@
+"""The Triton fast path against the PyTorch reference, on CPU under Triton's interpreter.
+
+Runs with `TRITON_INTERPRET=1` (set here before triton is imported) on small shapes; the same
+kernels run compiled on CUDA (scripts/gpu_check.py checks them there at large shapes).
+Every kernel output is allocated filled with NaN / a sentinel (POISON_OUTPUTS), so an element
+a kernel forgets to write fails the comparison.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton", reason="the Triton kernels need the `triton` package (pip install triton)")
+if os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
+    pytest.skip("TRITON_INTERPRET is set to something other than 1", allow_module_level=True)
+
+from lighthouse import LighthouseConfig, lighthouse_attention, rope_tables  # noqa: E402
+from lighthouse import reference as R  # noqa: E402
+from lighthouse.kernels import fast_path as FP  # noqa: E402
+from lighthouse.kernels import utils as KU  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    monkeypatch.setattr(KU, "POISON_OUTPUTS", True)
+
+
+def fresh_generator():
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    return torch.Generator().manual_seed(seed), seed
+
+
+def rand_qkv(B, H, G, N, D, dtype=torch.float32, gen=None):
+    mk = lambda h: torch.randn(B, h, N, D, generator=gen).to(dtype).requires_grad_()  # noqa: E731
+    return mk(H), mk(G), mk(G)
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def fast(q, k, v, cfg, rope=None):
+    return lighthouse_attention(q, k, v, levels=cfg.levels, pooling=cfg.pooling, topk=cfg.topk, scorer=cfg.scorer,
+                                rope=rope, backend="triton")
+
+
+def check_plan(index, slot, cand, cpos, cfg, n_pad):
+    """The selection's side outputs agree with index_BHS."""
+    B, H, S = index.shape
+    assert S == cfg.sub_seq_len(n_pad)
+    idx = index.long()
+    pos = torch.arange(S).expand(B, H, S)
+    assert torch.equal(slot.long().gather(-1, idx), pos), "slot is not the inverse of index"
+    assert int((slot >= 0).sum()) == B * H * S, "slot marks entries that are not kept"
+    offs = [cfg.level_offset(n_pad, lv) for lv in range(1, cfg.levels)]
+    for lv in range(1, cfg.levels):
+        want = cand[:, :, lv - 1].long() + offs[lv - 1]
+        assert torch.equal(idx.gather(-1, cpos[:, :, lv - 1].long()), want), f"level {lv} lists disagree with index"
+
+
+# (N, levels, pooling, topk, H, G): padding, GQA, several tiles, L = 2..4, all coarse selected.
+GRID = [
+    (1024, 2, 2, 128, 2, 2),
+    (1001, 3, 2, 128, 4, 2),  # padded to 1004, GQA
+    (2048, 3, 4, 128, 2, 1),  # N = minimum: every coarse entry is selected
+    (1537, 3, 2, 256, 2, 2),  # 2 tiles, padded to 1544
+    (1100, 4, 2, 128, 2, 1),  # L = 4, padded to 1104
+    (2100, 2, 4, 256, 4, 4),  # 2 tiles, p = 4, padded to 2104
+]
+
+
+@pytest.mark.parametrize("N,L,p,K,H,G", GRID)
+def test_selection_identical(N, L, p, K, H, G):
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(L, p, K)
+    n_pad = cfg.padded_len(N)
+    q, k, v = rand_qkv(2, H, G, N, 8, gen=gen)
+    index, slot, cand, cpos, pq, pk, pv = FP.fast_selection(q, k, v, cfg)
+    ref = R.compute_selection(q, k, v, cfg).index_BHS
+    assert torch.equal(index.long(), ref), f"seed {seed}"
+    check_plan(index, slot, cand, cpos, cfg, n_pad)
+    # Coarsest pooled means as the reference pyramid has them.
+    off = cfg.level_offset(n_pad, L)
+    for x, px in ((q, pq), (k, pk), (v, pv)):
+        want = R.mean_pool_pyramid(R.pad_to(x.detach(), n_pad), cfg)[:, :, off:]
+        torch.testing.assert_close(px, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("N,L,p,K", [(1024, 2, 2, 128), (1100, 3, 2, 128)])
+def test_scores_and_selection_from_same_scores(N, L, p, K):
+    """The kernel's score pyramid matches the reference; selection from it matches exactly."""
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(L, p, K)
+    n_pad = cfg.padded_len(N)
+    q, k, v = rand_qkv(1, 2, 1, N, 8, gen=gen)
+    sq, sk, *_ = FP.norm_scores(q.detach(), k.detach(), v.detach(), L, p, n_pad)
+    sq_ref, sk_ref = R.compute_scores(q, k, v, cfg, n_pad)
+    levels_q = R.max_pool_pyramid(sq_ref, cfg)[1:]
+    levels_k = R.max_pool_pyramid(sk_ref[:, :1], cfg)[1:]
+    torch.testing.assert_close(sq, torch.cat(levels_q, -1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(sk, torch.cat(levels_k, -1), rtol=1e-6, atol=0)
+    # Feed the kernel's own scores to the reference selection: identical, bit for bit.
+    offs = [0]
+    for lv in range(2, L + 1):
+        offs.append(offs[-1] + n_pad // p ** (lv - 1))
+    split = lambda s: [torch.zeros(1)] + [s[..., offs[i]:offs[i + 1]] for i in range(L - 1)]  # noqa: E731
+    ref = R.select(split(sq), split(sk.expand(-1, 2, -1)), cfg, n_pad).index_BHS
+    index, *_ = FP.select(sq, sk, L, p, K, n_pad)
+    assert torch.equal(index.long(), ref), f"seed {seed}"
+
+
+def test_ties_go_to_the_lower_index():
+    """Many equal norms (one-hot rows): ties resolved exactly like the reference's stable sort."""
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(3, 2, 128)
+    N, D = 1024, 8
+    hot = lambda h: torch.nn.functional.one_hot(torch.randint(0, D, (1, h, N), generator=gen), D).float()  # noqa: E731
+    scale = lambda h: torch.randint(1, 3, (1, h, N, 1), generator=gen).float()  # noqa: E731
+    q, k, v = hot(2) * scale(2), hot(1) * scale(1), torch.randn(1, 1, N, D, generator=gen)
+    index, slot, cand, cpos, *_ = FP.fast_selection(q, k, v, cfg)
+    assert torch.equal(index.long(), R.compute_selection(q, k, v, cfg).index_BHS), f"seed {seed}"
+    check_plan(index, slot, cand, cpos, cfg, N)
+
+
+@pytest.mark.parametrize("N,L,p,K,H,G", GRID[:5])
+def test_forward_backward_fp32(N, L, p, K, H, G):
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(L, p, K)
+    q, k, v = rand_qkv(1, H, G, N, 8, gen=gen)
+    out = fast(q, k, v, cfg)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert torch.isfinite(out).all(), "an output element was not written"
+    g = torch.randn(out.shape, generator=gen)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    for x, gx in zip((q, k, v), grads):
+        assert gx.shape == x.shape and torch.isfinite(gx).all()
+    ref = R.lighthouse_reference(q, k, v, cfg)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    assert rel(out, ref) < 1e-5, f"seed {seed}"
+    for a, b in zip(grads, ref_grads):
+        assert rel(a, b) < 1e-5, f"seed {seed}"
+    # Real outputs at positions no entry reaches are exactly zero, as in the reference.
+    assert torch.equal(out[..., : cfg.coarsest_factor - 1, :] == 0, ref[..., : cfg.coarsest_factor - 1, :] == 0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
+def test_against_float64_reference(dtype, tol):
+    """Outputs and gradients against the reference in float64 (same selection)."""
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(3, 2, 128)
+    N, H, G = 1001, 4, 2
+    q, k, v = rand_qkv(1, H, G, N, 16, dtype=dtype, gen=gen)
+    out = fast(q, k, v, cfg)
+    g = torch.randn(out.shape, generator=gen).to(dtype)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    index, *_ = FP.fast_selection(q, k, v, cfg)
+    sel = R.Selection(index.long(), cfg.padded_len(N))
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = R.lighthouse_reference(q64, k64, v64, cfg, selection=sel)
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), g.double())
+    assert rel(out, ref) < tol, f"seed {seed}"
+    for a, b in zip(grads, ref_grads):
+        assert rel(a, b) < tol, f"seed {seed}"
+
+
+def test_float64_inputs():
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(2, 2, 128)
+    q, k, v = rand_qkv(1, 2, 1, 600, 8, dtype=torch.float64, gen=gen)
+    out = fast(q, k, v, cfg)
+    ref = R.lighthouse_reference(q, k, v, cfg)
+    assert out.dtype == torch.float64 and rel(out, ref) < 1e-6, f"seed {seed}"
+    g = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        assert rel(a, b) < 1e-6, f"seed {seed}"
+
+
+@pytest.mark.parametrize("N,L,p,K,H,G", [(1001, 3, 2, 128, 4, 2), (1024, 2, 4, 128, 2, 2)])
+def test_window_end_rope(N, L, p, K, H, G):
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(L, p, K)
+    q, k, v = rand_qkv(1, H, G, N, 8, gen=gen)
+    cos, sin = rope_tables(N + 3, 8)
+    out = fast(q, k, v, cfg, rope=(cos, sin))
+    ref = R.lighthouse_reference(q, k, v, cfg, rope=(cos, sin))
+    assert rel(out, ref) < 1e-5, f"seed {seed}"
+    g = torch.randn(out.shape, generator=gen)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        assert rel(a, b) < 1e-5, f"seed {seed}"
+
+
+def test_dilated_scorer_and_noncontiguous_inputs():
+    """Non-norm scorers: reference scores, kernels for the rest; inputs in [B, N, H, D] memory."""
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(2, 2, 128, scorer="dilated")
+    B, N, H, G, D = 1, 700, 2, 1, 8
+    q = torch.randn(B, N, H, D, generator=gen).transpose(1, 2).requires_grad_()
+    k = torch.randn(B, N, G, D, generator=gen).transpose(1, 2).requires_grad_()
+    v = torch.randn(B, N, G, D, generator=gen).transpose(1, 2).requires_grad_()
+    out = fast(q, k, v, cfg)
+    ref = R.lighthouse_reference(q, k, v, cfg)
+    assert rel(out, ref) < 1e-5, f"seed {seed}"
+    g = torch.randn(out.shape, generator=gen)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        assert rel(a, b) < 1e-5, f"seed {seed}"
+
+
+def test_compile_fullgraph():
+    """torch.compile(fullgraph=True) traces the custom ops (aot_eager: no C++ compiler needed)."""
+    torch._dynamo.reset()
+    gen, seed = fresh_generator()
+    q, k, v = rand_qkv(1, 2, 1, 520, 8, gen=gen)
+
+    def layer(q, k, v):
+        # check_finite would sync the host; it is off by default on CUDA, on by default on CPU.
+        return lighthouse_attention(q, k, v, levels=2, pooling=2, topk=128, backend="triton", check_finite=False) * 2.0
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(q, k, v)
+    ref = layer(q, k, v)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    g = torch.randn(out.shape, generator=gen)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_coarsest_span_longer_than_a_block(monkeypatch):
+    """p^(L-1) larger than the scores kernel's block: levels finished on the host, means by a second kernel."""
+    from lighthouse.kernels import scores as KS
+
+    monkeypatch.setattr(KS, "INTERPRET_ROWS", 4)
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(4, 2, 128)  # coarsest span 8 > 4
+    q, k, v = rand_qkv(1, 2, 2, 1030, 8, gen=gen)
+    index, slot, cand, cpos, pq, pk, pv = FP.fast_selection(q, k, v, cfg)
+    assert torch.equal(index.long(), R.compute_selection(q, k, v, cfg).index_BHS), f"seed {seed}"
+    out = fast(q, k, v, cfg)
+    ref = R.lighthouse_reference(q, k, v, cfg)
+    assert rel(out, ref) < 1e-5, f"seed {seed}"
