@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
@@ -83,7 +84,10 @@ def stage_rows(run_dir: str | Path) -> list[dict]:
     """One row per finished stage: name, stage, attention, steps, tokens, time, bpb."""
     run_dir = Path(run_dir)
     rows, prev = [], {"step": 0, "tokens": 0, "time_s": 0.0}
+    step_rates: list[float] = []  # per-step tok/s of the current stage
     for r in read_metrics(run_dir):
+        if r.get("kind") == "train":
+            step_rates.append(r["tok_per_s"])
         if r.get("kind") != "stage_end":
             continue
         rows.append(
@@ -97,9 +101,11 @@ def stage_rows(run_dir: str | Path) -> list[dict]:
                 "total_time_s": r["time_s"],
                 "val_bpb": r.get("val_bpb"),
                 "val_bpb_dense": r.get("val_bpb_dense"),
+                # The median step ignores one-time costs (kernel compilation on the first step).
+                "step_rates": step_rates,
             }
         )
-        prev = r
+        prev, step_rates = r, []
     return rows
 
 
@@ -120,7 +126,8 @@ def _fmt_time(s: float) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The summary table: one line per stage of every run, then a total per run."""
-    header = ["run", "stage", "attention", "steps", "tokens", "time", "tok/s", "val bpb", "val bpb (dense)"]
+    header = ["run", "stage", "attention", "steps", "tokens", "time", "tok/s", "median step tok/s", "val bpb",
+              "val bpb (dense)"]
     lines = []
     by_run: dict[str, list[dict]] = {}
     for r in rows:
@@ -137,6 +144,7 @@ def format_table(rows: list[dict]) -> str:
                 "time_s": sum(r["time_s"] for r in rs),
                 "val_bpb": rs[-1]["val_bpb"],
                 "val_bpb_dense": rs[-1]["val_bpb_dense"],
+                "step_rates": [x for r in rs for x in r.get("step_rates", [])],
             }
             lines.append(_row(total, "all"))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
@@ -151,6 +159,8 @@ def _row(r: dict, stage: str) -> list[str]:
         return "-" if x is None else f"{x:.4f}"
 
     tok_s = r["tokens"] / r["time_s"] if r["time_s"] > 0 else 0.0
+    rates = r.get("step_rates") or []
+    median = f"{statistics.median(rates):,.0f}" if rates else "-"
     return [
         r["run"],
         stage,
@@ -159,6 +169,7 @@ def _row(r: dict, stage: str) -> list[str]:
         _fmt_tokens(r["tokens"]),
         _fmt_time(r["time_s"]),
         f"{tok_s:,.0f}",
+        median,
         bpb(r["val_bpb"]),
         bpb(r["val_bpb_dense"]),
     ]
