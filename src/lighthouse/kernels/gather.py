@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import acc_dtype, block, empty, level_offsets, level_start, next_pow2, tl_dtype
+from .utils import acc_dtype, block, empty, level_entries, level_offsets, level_start, next_pow2, tl_dtype
 
 BLOCK_R = 32  # entries per program (forward; 128 under the interpreter)
 BLOCK_T = 64  # base positions per program (backward; 256 under the interpreter)
@@ -101,13 +101,7 @@ def _gather_fwd_kernel(
     cols = tl.arange(0, BLOCK_H)
     cmask = cols < HALF
     C: tl.constexpr = POOL ** (LEVEL - 1)
-    if LEVEL == L:
-        i = r
-        pos = tl.load(slot_ptr + bh.to(tl.int64) * P_len + level_start(N_pad, L, POOL) + r, mask=rmask, other=0)
-    else:
-        lst = bh.to(tl.int64) * ((L - 1) * LIST_LEN) + (LEVEL - 1) * LIST_LEN + r
-        i = tl.load(cand_ptr + lst, mask=rmask, other=0)
-        pos = tl.load(cpos_ptr + lst, mask=rmask, other=0)
+    i, pos = level_entries(slot_ptr, cand_ptr, cpos_ptr, bh, r, rmask, N_pad, P_len, LIST_LEN, LEVEL, L, POOL)
     dst_off = (bh.to(tl.int64) * S_len + pos) * D
 
     if ROPE:

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .gather import BLOCK_R, BLOCK_T, _pooled_rows, _store_rows
-from .utils import acc_dtype, block, empty, level_offsets, level_start, next_pow2, tl_dtype
+from .utils import acc_dtype, block, empty, level_entries, level_offsets, level_start, next_pow2, tl_dtype
 
 
 @triton.jit
@@ -86,13 +86,7 @@ def _scatter_bwd_kernel(
     cols = tl.arange(0, BLOCK_H)
     cmask = cols < HALF
     C: tl.constexpr = POOL ** (LEVEL - 1)
-    if LEVEL == L:
-        i = r
-        pos = tl.load(slot_ptr + bh.to(tl.int64) * P_len + level_start(N_pad, L, POOL) + r, mask=rmask, other=0)
-    else:
-        lst = bh.to(tl.int64) * ((L - 1) * LIST_LEN) + (LEVEL - 1) * LIST_LEN + r
-        i = tl.load(cand_ptr + lst, mask=rmask, other=0)
-        pos = tl.load(cpos_ptr + lst, mask=rmask, other=0)
+    i, pos = level_entries(slot_ptr, cand_ptr, cpos_ptr, bh, r, rmask, N_pad, P_len, LIST_LEN, LEVEL, L, POOL)
     lo, hi = _pooled_rows(g_ptr, b.to(tl.int64) * sgb + h.to(tl.int64) * sgh, sgn, sgd, i, rmask, cols, cmask, HALF,
                           N_real, C, C - 1, False, OUT, ACC)
     _store_rows(out_ptr, (bh.to(tl.int64) * S_len + pos) * D, lo, hi, rmask, cols, cmask, HALF, OUT)

@@ -73,3 +73,21 @@ def level_start(n, LEVEL: tl.constexpr, POOL: tl.constexpr):
         off += n // c
         c = c * POOL
     return off
+
+
+@triton.jit
+def level_entries(slot_ptr, cand_ptr, cpos_ptr, bh, r, rmask, N_pad, P_len, LIST_LEN,
+                  LEVEL: tl.constexpr, L: tl.constexpr, POOL: tl.constexpr):
+    """Rows r of the kept entries of one level: (index i within the level, position in S).
+
+    The coarsest level keeps every entry (i = r; its position comes from the inverse map);
+    finer levels keep the p*K entries listed by the selection kernel in cand / cpos.
+    """
+    if LEVEL == L:
+        i = r
+        pos = tl.load(slot_ptr + bh.to(tl.int64) * P_len + level_start(N_pad, L, POOL) + r, mask=rmask, other=0)
+    else:
+        lst = bh.to(tl.int64) * ((L - 1) * LIST_LEN) + (LEVEL - 1) * LIST_LEN + r
+        i = tl.load(cand_ptr + lst, mask=rmask, other=0)
+        pos = tl.load(cpos_ptr + lst, mask=rmask, other=0)
+    return i, pos
