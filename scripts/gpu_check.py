@@ -26,11 +26,12 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))  # poison helper
 
 from lighthouse import LighthouseConfig, lighthouse_attention, rope_tables  # noqa: E402
 from lighthouse import reference as R  # noqa: E402
 from lighthouse.kernels import fast_path as FP  # noqa: E402
-from lighthouse.kernels import utils as KU  # noqa: E402
+from poison import poison_empty  # noqa: E402
 
 RESULTS: list[dict] = []
 
@@ -58,7 +59,7 @@ def run_fast(q, k, v, cfg, rope=None):
 
 
 def check_selection(name, q, k, v, cfg):
-    index, *_ = FP.fast_selection(q, k, v, cfg)
+    index = FP.fast_selection(q, k, v, cfg)[0].index_BHS
     ref = R.compute_selection(q, k, v, cfg).index_BHS
     rows_differ = (index.long() != ref).any(-1)
     n_diff = int(rows_differ.sum())
@@ -86,15 +87,12 @@ def check_selection(name, q, k, v, cfg):
 
 def check_values(name, q, k, v, g, cfg, rope=None, ref_dtype=torch.float32, tol=1e-5):
     """Fast path (inputs' dtype) vs reference in ref_dtype at the fast path's selection."""
-    KU.POISON_OUTPUTS = True
-    try:
+    with poison_empty():
         out = run_fast(q, k, v, cfg, rope)
         grads = torch.autograd.grad(out, (q, k, v), g)
-    finally:
-        KU.POISON_OUTPUTS = False
     written = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(x).all()) for x in grads)
-    index, *_ = FP.fast_selection(q, k, v, cfg)
-    sel = R.Selection(index.long(), cfg.padded_len(q.shape[2]))
+    plan, _ = FP.fast_selection(q, k, v, cfg)
+    sel = R.Selection(plan.index_BHS.long(), plan.seq_len)
     qr, kr, vr = (x.detach().to(ref_dtype).requires_grad_() for x in (q, k, v))
     rope_r = None if rope is None else tuple(t.to(ref_dtype) for t in rope)
     ref = R.lighthouse_reference(qr, kr, vr, cfg, rope=rope_r, selection=sel)
@@ -115,8 +113,9 @@ def check_determinism_and_syncs(q, k, v, g, cfg):
     out2 = run_fast(q, k, v, cfg)
     record("bitwise deterministic forward", torch.equal(out1, out2))
     L, p, n_pad, N = cfg.levels, cfg.pooling, cfg.padded_len(q.shape[2]), q.shape[2]
-    index, slot, cand, cpos, *_ = FP.fast_selection(q, k, v, cfg)
-    S = index.shape[-1]
+    plan, _ = FP.fast_selection(q, k, v, cfg)
+    slot, cand, cpos = plan.slot_BHP, plan.cand_BHLK, plan.cpos_BHLK
+    S = plan.index_BHS.shape[-1]
     gs = [FP.scatter_backward(g, slot, cand, cpos, L, p, n_pad, S) for _ in range(2)]
     sub = torch.randn(q.shape[0], q.shape[1], S, q.shape[3], device="cuda", dtype=q.dtype)
     gb = [FP.gather_backward(sub, sub, sub, slot, None, None, L, p, n_pad, N, k.shape[1]) for _ in range(2)]

@@ -1,45 +1,55 @@
-"""The Triton fast path against the PyTorch reference, on CPU under Triton's interpreter.
+"""The Triton fast path against the PyTorch reference, on small shapes.
 
-Runs with `TRITON_INTERPRET=1` (set here before triton is imported) on small shapes; the same
-kernels run compiled on CUDA (scripts/gpu_check.py checks them there at large shapes).
-Every kernel output is allocated filled with NaN / a sentinel (POISON_OUTPUTS), so an element
-a kernel forgets to write fails the comparison.
+With a GPU the kernels run compiled on CUDA tensors; without one they run on CPU tensors
+under Triton's interpreter (`TRITON_INTERPRET=1`, set here before triton is imported).
+scripts/gpu_check.py adds the large shapes on a GPU.
+Every tensor allocated with `torch.empty` during a test (every kernel output) is filled with
+NaN / a sentinel first, so an element a kernel forgets to write fails the comparison.
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+if not ON_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICE = "cuda" if ON_GPU else "cpu"
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="the Triton kernels need the `triton` package (pip install triton)")
-if os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
-    # These tests run the kernels on CPU tensors, which only Triton's interpreter can do; on a
-    # GPU the same kernels are checked compiled by scripts/gpu_check.py.
-    pytest.skip("the environment sets TRITON_INTERPRET to something other than 1, and CPU tensors need the "
-                "interpreter; run scripts/gpu_check.py on a GPU instead", allow_module_level=True)
+if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
+    # Without a GPU the kernels can only run on CPU tensors under Triton's interpreter.
+    pytest.skip("no GPU, and the environment sets TRITON_INTERPRET to something other than 1, which CPU "
+                "tensors need", allow_module_level=True)
 
 from lighthouse import LighthouseConfig, lighthouse_attention, rope_tables  # noqa: E402
 from lighthouse import reference as R  # noqa: E402
 from lighthouse.kernels import fast_path as FP  # noqa: E402
-from lighthouse.kernels import utils as KU  # noqa: E402
+from poison import poison_empty  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def poison_outputs(monkeypatch):
-    monkeypatch.setattr(KU, "POISON_OUTPUTS", True)
+def poison_outputs():
+    with poison_empty():
+        yield
 
 
 def fresh_generator():
+    """A generator with a seed drawn from the per-test seeded RNG (see conftest.py)."""
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     return torch.Generator().manual_seed(seed), seed
 
 
+def randn(*shape, gen, dtype=torch.float32):
+    return torch.randn(*shape, generator=gen).to(device=DEVICE, dtype=dtype)
+
+
 def rand_qkv(B, H, G, N, D, dtype=torch.float32, gen=None):
-    mk = lambda h: torch.randn(B, h, N, D, generator=gen).to(dtype).requires_grad_()  # noqa: E731
+    mk = lambda h: randn(B, h, N, D, gen=gen, dtype=dtype).requires_grad_()  # noqa: E731
     return mk(H), mk(G), mk(G)
 
 
@@ -53,12 +63,14 @@ def fast(q, k, v, cfg, rope=None):
                                 rope=rope, backend="triton")
 
 
-def check_plan(index, slot, cand, cpos, cfg, n_pad):
+def check_plan(plan, cfg, n_pad):
     """The selection's side outputs agree with index_BHS."""
+    index, slot, cand, cpos = plan.index_BHS, plan.slot_BHP, plan.cand_BHLK, plan.cpos_BHLK
+    assert plan.seq_len == n_pad
     B, H, S = index.shape
     assert S == cfg.sub_seq_len(n_pad)
     idx = index.long()
-    pos = torch.arange(S).expand(B, H, S)
+    pos = torch.arange(S, device=index.device).expand(B, H, S)
     assert torch.equal(slot.long().gather(-1, idx), pos), "slot is not the inverse of index"
     assert int((slot >= 0).sum()) == B * H * S, "slot marks entries that are not kept"
     offs = [cfg.level_offset(n_pad, lv) for lv in range(1, cfg.levels)]
@@ -84,10 +96,10 @@ def test_selection_identical(N, L, p, K, H, G):
     cfg = LighthouseConfig(L, p, K)
     n_pad = cfg.padded_len(N)
     q, k, v = rand_qkv(2, H, G, N, 8, gen=gen)
-    index, slot, cand, cpos, pq, pk, pv = FP.fast_selection(q, k, v, cfg)
+    plan, (pq, pk, pv) = FP.fast_selection(q, k, v, cfg)
     ref = R.compute_selection(q, k, v, cfg).index_BHS
-    assert torch.equal(index.long(), ref), f"seed {seed}"
-    check_plan(index, slot, cand, cpos, cfg, n_pad)
+    assert torch.equal(plan.index_BHS.long(), ref), f"seed {seed}"
+    check_plan(plan, cfg, n_pad)
     # Coarsest pooled means as the reference pyramid has them.
     off = cfg.level_offset(n_pad, L)
     for x, px in ((q, pq), (k, pk), (v, pv)):
@@ -125,10 +137,10 @@ def test_ties_go_to_the_lower_index():
     N, D = 1024, 8
     hot = lambda h: torch.nn.functional.one_hot(torch.randint(0, D, (1, h, N), generator=gen), D).float()  # noqa: E731
     scale = lambda h: torch.randint(1, 3, (1, h, N, 1), generator=gen).float()  # noqa: E731
-    q, k, v = hot(2) * scale(2), hot(1) * scale(1), torch.randn(1, 1, N, D, generator=gen)
-    index, slot, cand, cpos, *_ = FP.fast_selection(q, k, v, cfg)
-    assert torch.equal(index.long(), R.compute_selection(q, k, v, cfg).index_BHS), f"seed {seed}"
-    check_plan(index, slot, cand, cpos, cfg, N)
+    q, k, v = ((hot(2) * scale(2)).to(DEVICE), (hot(1) * scale(1)).to(DEVICE), randn(1, 1, N, D, gen=gen))
+    plan, _ = FP.fast_selection(q, k, v, cfg)
+    assert torch.equal(plan.index_BHS.long(), R.compute_selection(q, k, v, cfg).index_BHS), f"seed {seed}"
+    check_plan(plan, cfg, N)
 
 
 @pytest.mark.parametrize("N,L,p,K,H,G", GRID[:5])
@@ -139,7 +151,7 @@ def test_forward_backward_fp32(N, L, p, K, H, G):
     out = fast(q, k, v, cfg)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert torch.isfinite(out).all(), "an output element was not written"
-    g = torch.randn(out.shape, generator=gen)
+    g = randn(*out.shape, gen=gen)
     grads = torch.autograd.grad(out, (q, k, v), g)
     for x, gx in zip((q, k, v), grads):
         assert gx.shape == x.shape and torch.isfinite(gx).all()
@@ -160,10 +172,10 @@ def test_against_float64_reference(dtype, tol):
     N, H, G = 1001, 4, 2
     q, k, v = rand_qkv(1, H, G, N, 16, dtype=dtype, gen=gen)
     out = fast(q, k, v, cfg)
-    g = torch.randn(out.shape, generator=gen).to(dtype)
+    g = randn(*out.shape, gen=gen, dtype=dtype)
     grads = torch.autograd.grad(out, (q, k, v), g)
-    index, *_ = FP.fast_selection(q, k, v, cfg)
-    sel = R.Selection(index.long(), cfg.padded_len(N))
+    plan, _ = FP.fast_selection(q, k, v, cfg)
+    sel = R.Selection(plan.index_BHS.long(), plan.seq_len)
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
     ref = R.lighthouse_reference(q64, k64, v64, cfg, selection=sel)
     ref_grads = torch.autograd.grad(ref, (q64, k64, v64), g.double())
@@ -179,7 +191,7 @@ def test_float64_inputs():
     out = fast(q, k, v, cfg)
     ref = R.lighthouse_reference(q, k, v, cfg)
     assert out.dtype == torch.float64 and rel(out, ref) < 1e-6, f"seed {seed}"
-    g = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    g = randn(*out.shape, gen=gen, dtype=torch.float64)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         assert rel(a, b) < 1e-6, f"seed {seed}"
 
@@ -189,11 +201,11 @@ def test_window_end_rope(N, L, p, K, H, G):
     gen, seed = fresh_generator()
     cfg = LighthouseConfig(L, p, K)
     q, k, v = rand_qkv(1, H, G, N, 8, gen=gen)
-    cos, sin = rope_tables(N + 3, 8)
+    cos, sin = rope_tables(N + 3, 8, device=DEVICE)
     out = fast(q, k, v, cfg, rope=(cos, sin))
     ref = R.lighthouse_reference(q, k, v, cfg, rope=(cos, sin))
     assert rel(out, ref) < 1e-5, f"seed {seed}"
-    g = torch.randn(out.shape, generator=gen)
+    g = randn(*out.shape, gen=gen)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         assert rel(a, b) < 1e-5, f"seed {seed}"
 
@@ -203,13 +215,13 @@ def test_dilated_scorer_and_noncontiguous_inputs():
     gen, seed = fresh_generator()
     cfg = LighthouseConfig(2, 2, 128, scorer="dilated")
     B, N, H, G, D = 1, 700, 2, 1, 8
-    q = torch.randn(B, N, H, D, generator=gen).transpose(1, 2).requires_grad_()
-    k = torch.randn(B, N, G, D, generator=gen).transpose(1, 2).requires_grad_()
-    v = torch.randn(B, N, G, D, generator=gen).transpose(1, 2).requires_grad_()
+    q = randn(B, N, H, D, gen=gen).transpose(1, 2).requires_grad_()
+    k = randn(B, N, G, D, gen=gen).transpose(1, 2).requires_grad_()
+    v = randn(B, N, G, D, gen=gen).transpose(1, 2).requires_grad_()
     out = fast(q, k, v, cfg)
     ref = R.lighthouse_reference(q, k, v, cfg)
     assert rel(out, ref) < 1e-5, f"seed {seed}"
-    g = torch.randn(out.shape, generator=gen)
+    g = randn(*out.shape, gen=gen)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         assert rel(a, b) < 1e-5, f"seed {seed}"
 
@@ -228,7 +240,7 @@ def test_compile_fullgraph():
     out = compiled(q, k, v)
     ref = layer(q, k, v)
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
-    g = torch.randn(out.shape, generator=gen)
+    g = randn(*out.shape, gen=gen)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
@@ -241,8 +253,8 @@ def test_coarsest_span_longer_than_a_block(monkeypatch):
     gen, seed = fresh_generator()
     cfg = LighthouseConfig(4, 2, 128)  # coarsest span 8 > 4
     q, k, v = rand_qkv(1, 2, 2, 1030, 8, gen=gen)
-    index, slot, cand, cpos, pq, pk, pv = FP.fast_selection(q, k, v, cfg)
-    assert torch.equal(index.long(), R.compute_selection(q, k, v, cfg).index_BHS), f"seed {seed}"
+    plan, _ = FP.fast_selection(q, k, v, cfg)
+    assert torch.equal(plan.index_BHS.long(), R.compute_selection(q, k, v, cfg).index_BHS), f"seed {seed}"
     out = fast(q, k, v, cfg)
     ref = R.lighthouse_reference(q, k, v, cfg)
     assert rel(out, ref) < 1e-5, f"seed {seed}"

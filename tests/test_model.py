@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from lighthouse.model import EOD_ID, VOCAB_SIZE, LighthouseArgs, ModelArgs, Transformer, check_model_args
+from lighthouse import LighthouseConfig
+from lighthouse.model import EOD_ID, VOCAB_SIZE, ModelArgs, Transformer, check_model_args
 
 N = 256  # >= topk * pooling**(levels-1) = 128 * 2 for the Lighthouse settings below
 SMALL = dict(dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden=64, dense_layers=[0])
-LH = LighthouseArgs(levels=2, pooling=2, topk=128)
+LH = LighthouseConfig(levels=2, pooling=2, topk=128)
 
 
 def make(rope="window-end", lighthouse=LH, **kw):
@@ -52,7 +53,7 @@ def test_causal(kind, rope):
 
 @pytest.mark.parametrize("rope", ["window-end", "pre-pool"])
 def test_dense_equals_lighthouse_at_one_level(rope):
-    one_level = LighthouseArgs(levels=1, pooling=2, topk=128)
+    one_level = LighthouseConfig(levels=1, pooling=2, topk=128)
     model = make(rope, lighthouse=one_level, dense_layers=[])
     x = tokens()
     with torch.no_grad():
@@ -129,9 +130,36 @@ def test_vocabulary_and_args_checks():
     assert ModelArgs(n_layers=30, dense_layers=[0, 1, -2, -1]).dense_layer_set() == {0, 1, 28, 29}
 
 
-def test_sub_seq_len_matches_core():
-    from lighthouse import LighthouseConfig
+def test_one_source_of_lighthouse_settings():
+    """The function, the module and the model default to LighthouseConfig(); the trainer's section is one."""
+    import inspect
 
-    for lv, p, k, n in [(3, 2, 128, 1024), (2, 2, 128, 512), (3, 4, 1536, 98304), (2, 4, 256, 1500)]:
-        assert LighthouseArgs(lv, p, k).sub_seq_len(n) == LighthouseConfig(lv, p, k).sub_seq_len(n)
-        assert LighthouseArgs(lv, p, k).min_seq_len == LighthouseConfig(lv, p, k).min_seq_len
+    from lighthouse import LighthouseAttention, lighthouse_attention
+    from lighthouse.trainer.config import Config
+
+    assert isinstance(Config().lighthouse, LighthouseConfig)  # the demo preset's values
+    assert Transformer(ModelArgs(**SMALL)).lighthouse == LighthouseConfig()
+    assert LighthouseAttention().config == LighthouseConfig()
+    params = inspect.signature(lighthouse_attention).parameters
+    assert all(params[k].default is None for k in ("config", "levels", "pooling", "topk", "scorer", "backend"))
+    cfg = LighthouseConfig.resolve(LH, topk=256)
+    assert (cfg.levels, cfg.pooling, cfg.topk) == (2, 2, 256) and LighthouseConfig.resolve(LH) is LH
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_meta_build_then_materialize_equals_eager(tie):
+    """A model built on the meta device and materialized has the eager build's exact weights and ties."""
+    args = ModelArgs(**{**SMALL, "tie_embeddings": tie})
+    torch.manual_seed(3)
+    eager = Transformer(args, LH)
+    torch.manual_seed(3)
+    with torch.device("meta"):
+        lazy = Transformer(args, LH)
+    assert all(p.is_meta for p in lazy.parameters())
+    lazy.materialize("cpu")
+    assert (lazy.output.weight is lazy.tok_embeddings.weight) == tie
+    for (name, a), (_, b) in zip(eager.state_dict().items(), lazy.state_dict().items()):
+        assert torch.equal(a, b), name
+    x = tokens()
+    with torch.no_grad():
+        assert torch.equal(eager(x), lazy(x))

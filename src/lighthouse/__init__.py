@@ -1,8 +1,9 @@
 """Lighthouse Attention: selection-based hierarchical attention for long-context pre-training."""
 
 from .attention import dense_causal_attention, lighthouse_attention
-from .config import TILE_WIDTH, LighthouseConfig
-from .module import LighthouseAttention
+from .config import TILE_WIDTH, LighthouseConfig, LighthouseConfigError
+from .gla import GLAScorer
+from .layers import DenseAttention, LighthouseAttention
 from .rope import rope_tables
 from .scorers import DilatedScorer, NormScorer, Scorer, available_scorers, get_scorer, register_scorer
 
@@ -11,10 +12,13 @@ __all__ = [
     "dense_causal_attention",
     "LighthouseAttention",
     "LighthouseConfig",
+    "LighthouseConfigError",
+    "DenseAttention",
     "TILE_WIDTH",
     "Scorer",
     "NormScorer",
     "DilatedScorer",
+    "GLAScorer",
     "register_scorer",
     "get_scorer",
     "available_scorers",

@@ -12,8 +12,6 @@ from . import reference
 from .config import LighthouseConfig
 from .rope import apply_rotary_dense
 
-BACKENDS = ("auto", "reference", "triton")
-
 
 def _check_tensors(q, k, v, rope, check_finite: bool) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -37,10 +35,10 @@ def _check_tensors(q, k, v, rope, check_finite: bool) -> None:
             "head dim must agree (q [B, H, N, D], k/v [B, G, N, D])"
         )
     G = k.shape[1]
-    if G < 1 or H % G != 0:
+    if min(B, H, G, N, D) < 1:
+        raise ValueError(f"empty input: q shape {tuple(q.shape)}, k/v shape {tuple(k.shape)}; every dim must be >= 1")
+    if H % G != 0:
         raise ValueError(f"query heads H={H} must be a multiple of key/value heads G={G} (GQA)")
-    if N < 1 or D < 1 or B < 1:
-        raise ValueError(f"empty input: q shape {tuple(q.shape)}")
     if rope is not None:
         if not (isinstance(rope, (tuple, list)) and len(rope) == 2 and all(isinstance(t, torch.Tensor) for t in rope)):
             raise TypeError("rope must be None or a (cos, sin) pair of tensors of shape [N_table, D]")
@@ -53,8 +51,10 @@ def _check_tensors(q, k, v, rope, check_finite: bool) -> None:
             raise ValueError(f"rope tables are on {cos.device} but q is on {q.device}")
     if check_finite:
         for name, t in (("q", q), ("k", k), ("v", v)):
-            # One reduction instead of an elementwise mask: NaN and Inf survive a sum.
-            if not bool(torch.isfinite(t.sum(dtype=torch.promote_types(t.dtype, torch.float32)))):
+            # One min/max pass instead of an elementwise mask: NaN propagates into both, and an
+            # Inf is the min or the max; unlike a sum, large finite values cannot overflow it.
+            lo, hi = torch.aminmax(t)
+            if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
                 raise ValueError(f"{name} contains NaN or Inf; Lighthouse selection needs finite inputs")
 
 
@@ -71,8 +71,6 @@ def dense_causal_attention(q_BHND, k_BGND, v_BGND, rope=None) -> torch.Tensor:
 
 
 def _resolve_backend(backend: str, q: torch.Tensor) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         if q.is_cuda:
             from .kernels import triton_available
@@ -96,29 +94,34 @@ def lighthouse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    config: LighthouseConfig | None = None,
     *,
-    levels: int = 3,
-    pooling: int = 4,
-    topk: int = 2048,
-    scorer="norm",
+    levels: int | None = None,
+    pooling: int | None = None,
+    topk: int | None = None,
+    scorer=None,
+    backend: str | None = None,
     rope=None,
-    backend: str = "auto",
     scorer_context=None,
     check_finite: bool | None = None,
 ) -> torch.Tensor:
     """Causal Lighthouse attention; a drop-in for `F.scaled_dot_product_attention(q, k, v, is_causal=True)`.
 
+    The settings come from `config` (a `LighthouseConfig`; its defaults when omitted), and any
+    of `levels`, `pooling`, `topk`, `scorer`, `backend` given as keywords replace its values.
+
     Args:
         q: [B, H, N, D] queries. k, v: [B, G, N, D] keys and values, H % G == 0 (GQA).
+        config: the settings; see `LighthouseConfig` for the defaults.
         levels: L pyramid levels; 1 is exactly dense causal SDPA.
         pooling: p, a power of two >= 2.
         topk: K, a positive multiple of 128. Needs N >= K * p**(L-1).
-        scorer: "norm" (default), "dilated", or a `lighthouse.scorers.Scorer` instance.
+        scorer: "norm", "dilated", or a `lighthouse.scorers.Scorer` instance.
+        backend: "auto" (CUDA -> Triton fast path, CPU -> reference), "reference" or "triton".
         rope: None when q and k are already rotated ("pre-pool" placement), or a (cos, sin)
             pair of tables [N_table >= N, D] in the rotate_half convention; q and k then arrive
             un-rotated and every gathered entry is rotated at the last position it covers
             ("window-end" placement).
-        backend: "auto" (CUDA -> Triton fast path, CPU -> reference), "reference" or "triton".
         scorer_context: passed to the scorer (for scorers that need the layer input).
         check_finite: raise on NaN/Inf inputs. Default: on for CPU tensors; off on CUDA, where
             the check would sync the host (NaN/Inf there is the caller's to avoid).
@@ -127,14 +130,14 @@ def lighthouse_attention(
     inputs are right-padded to the next multiple, run, and the output cropped: padding never
     changes which real entries are selected nor the outputs of real positions.
     """
-    cfg = LighthouseConfig(levels=levels, pooling=pooling, topk=topk, scorer=scorer)
+    cfg = LighthouseConfig.resolve(config, levels=levels, pooling=pooling, topk=topk, scorer=scorer, backend=backend)
     if check_finite is None:
         check_finite = isinstance(q, torch.Tensor) and not q.is_cuda
     _check_tensors(q, k, v, rope, check_finite)
     if cfg.is_dense:
         return dense_causal_attention(q, k, v, rope)
     cfg.validate_seq_len(q.shape[2])
-    if _resolve_backend(backend, q) == "triton":
+    if _resolve_backend(cfg.backend, q) == "triton":
         from .kernels.fast_path import lighthouse_fast
 
         return lighthouse_fast(q, k, v, cfg, rope=rope, scorer_context=scorer_context)

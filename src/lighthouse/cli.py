@@ -3,6 +3,7 @@
     lighthouse train --config configs/demo.toml --baseline   # two stages + dense baseline, table, plot
     lighthouse train --config configs/demo.toml --resume     # continue after a kill
     lighthouse eval --checkpoint runs/demo --attention dense # validation bits-per-byte
+    lighthouse eval --checkpoint runs/demo --task passkey --lengths 1K,4K --out evals/  # also: --task position
     lighthouse plot runs/demo runs/demo-baseline -o plot.png
 """
 
@@ -39,11 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--plot", metavar="PNG", help="where to write the comparison plot (default: runs/<name>/plot.png)")
 
-    e = sub.add_parser("eval", help="validation bits-per-byte of a checkpoint")
+    e = sub.add_parser("eval", help="evaluate a checkpoint: validation bpb, bpb by position, passkey")
     e.add_argument("--checkpoint", required=True, help="a run folder (its latest checkpoint) or a checkpoint folder")
     e.add_argument("--attention", choices=("auto", "dense", "lighthouse"), default="auto",
                    help="attention of the non-dense layers (auto: that of the checkpoint's stage)")
     e.add_argument("--windows", type=int, help="validation windows to score (default: the run's data.val_windows)")
+    e.add_argument("--task", choices=("bpb", "position", "passkey"), default="bpb",
+                   help="bpb: validation bits-per-byte (default); position: bpb by position in the window; "
+                        "passkey: pass key retrieval accuracy by length and depth")
+    e.add_argument("--lengths", help="passkey: prompt lengths in bytes, e.g. 1024,4096 or 1K,4K (default: data.seq_len)")
+    e.add_argument("--depths", help="passkey: where the key is hidden, fractions of the filler (default: 0,0.25,0.5,0.75,1)")
+    e.add_argument("--trials", type=int, default=5, help="passkey: prompts per length and depth (default: 5)")
+    e.add_argument("--seed", type=int, default=0, help="passkey: seed of the pass keys (default: 0)")
+    e.add_argument("--out", metavar="DIR", help="position/passkey: write <task>.json and <task>.png into DIR")
     _add_common(e)
 
     p = sub.add_parser("plot", help="plot loss vs tokens and vs wall-clock for runs")
@@ -84,15 +93,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
-    from .trainer.checkpoint import load_checkpoint, resolve_checkpoint
+    from .evals.bpb import evaluate
+    from .trainer.checkpoint import load_state, load_weights, resolve_checkpoint
     from .trainer.config import config_from_dict
     from .trainer.data import ByteData
-    from .trainer.loop import autocast_dtype, build_model, check_lighthouse, evaluate, resolve_device
+    from .trainer.loop import autocast_dtype, build_model, resolve_device
 
-    ckpt = resolve_checkpoint(args.checkpoint)
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    ckpt = resolve_checkpoint(args.checkpoint, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    state = load_state(ckpt)
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f'training.device="{args.device}"')
@@ -101,12 +109,19 @@ def cmd_eval(args) -> int:
     cfg = config_from_dict(state["config"], overrides)
     step = int(state["step"])
     kind = args.attention if args.attention != "auto" else cfg.stages[cfg.stage_at(max(0, step - 1))].attention
-    if kind == "lighthouse":
-        check_lighthouse(cfg)
     device = resolve_device(cfg.training.device)
     model = build_model(cfg, device)
-    load_checkpoint(ckpt, model, device)
+    load_weights(ckpt, model, device)
     model.set_attention(kind)
+    if args.task != "bpb":
+        from .evals.run import run_task
+
+        run_task(
+            args.task, model, cfg, device, autocast_dtype(cfg, device), attention=kind,
+            title=f"{ckpt}: step {step}, attention {kind}", lengths=args.lengths, depths=args.depths,
+            trials=args.trials, seed=args.seed, out=args.out,
+        )
+        return 0
     windows = ByteData(cfg.data, cfg.training.seed).val_windows()
     result = evaluate(model, windows, cfg.micro_batch, device, autocast_dtype(cfg, device))
     print(
@@ -127,13 +142,14 @@ def cmd_plot(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from .trainer.checkpoint import CheckpointError, RunLockedError
     from .trainer.config import ConfigError
     from .trainer.data import DataError
     from .trainer.loop import Interrupted, RunExistsError
 
     try:
         return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
-    except (ConfigError, DataError, RunExistsError, FileNotFoundError) as e:
+    except (ConfigError, DataError, RunExistsError, FileNotFoundError, CheckpointError, RunLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:

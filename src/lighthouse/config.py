@@ -1,4 +1,9 @@
-"""LighthouseConfig: the hyper-parameters of one Lighthouse attention layer, validated once.
+"""LighthouseConfig: the one source of truth for the settings of a Lighthouse attention layer.
+
+The function (`lighthouse_attention`), the module (`layers.LighthouseAttention`), the model
+and the trainer's `[lighthouse]` section all read this dataclass; its defaults are written
+here and nowhere else. A bad value raises `LighthouseConfigError`, a ValueError/TypeError
+that carries the offending key in `.key`, so the trainer can name `lighthouse.<key>`.
 
 Symbols (as in the spec): N sequence length, L levels, p pooling factor, K top-k budget,
 W = 128 tile width, T = K / W tiles, S sub-sequence length.
@@ -8,12 +13,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .scorers import Scorer, get_scorer
+
+BACKENDS = ("auto", "reference", "triton")
 TILE_WIDTH = 128  # W: entries selected per tile and level (64 by query score, 64 by key score)
 HALF_TILE = TILE_WIDTH // 2
 
 
 def _is_power_of_two(x: int) -> bool:
     return x > 0 and (x & (x - 1)) == 0
+
+
+class LighthouseConfigError(ValueError):
+    """A bad Lighthouse setting; `key` names it (levels, pooling, topk, scorer, backend)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class LighthouseConfigTypeError(LighthouseConfigError, TypeError):
+    """A Lighthouse setting of the wrong type (an int given as float or bool, say)."""
 
 
 @dataclass(frozen=True)
@@ -25,31 +45,56 @@ class LighthouseConfig:
     topk:    K, selection budget (positive multiple of 128); the coarsest level is cut
              into K/128 tiles that each select 128 entries per level.
     scorer:  name of a registered scorer ("norm", "dilated") or a Scorer instance.
+    backend: "auto" (CUDA -> Triton fast path, CPU -> PyTorch reference), "reference", "triton".
     """
 
     levels: int = 3
     pooling: int = 4
     topk: int = 2048
-    scorer: object = "norm"
+    scorer: str | Scorer = "norm"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("levels", "pooling", "topk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+                raise LighthouseConfigTypeError(name, f"{name} must be an int, got {type(value).__name__} ({value!r})")
         if self.levels < 1:
-            raise ValueError(f"levels must be >= 1 (levels=1 is dense attention), got {self.levels}")
+            raise LighthouseConfigError("levels", f"levels must be >= 1 (levels=1 is dense attention), got {self.levels}")
         if self.pooling < 2 or not _is_power_of_two(self.pooling):
-            raise ValueError(f"pooling must be a power of two >= 2 (2, 4, 8, ...), got {self.pooling}")
-        if self.topk <= 0 or self.topk % TILE_WIDTH != 0:
-            raise ValueError(
-                f"topk must be a positive multiple of {TILE_WIDTH} (the tile width), got {self.topk}; "
-                f"try {max(TILE_WIDTH, round(self.topk / TILE_WIDTH) * TILE_WIDTH)}"
+            raise LighthouseConfigError(
+                "pooling", f"pooling must be a power of two >= 2 (2, 4, 8, ...), got {self.pooling}"
             )
+        if self.topk <= 0 or self.topk % TILE_WIDTH != 0:
+            raise LighthouseConfigError(
+                "topk",
+                f"topk must be a positive multiple of {TILE_WIDTH} (the tile width), got {self.topk}; "
+                f"try {max(TILE_WIDTH, round(self.topk / TILE_WIDTH) * TILE_WIDTH)}",
+            )
+        if self.backend not in BACKENDS:
+            raise LighthouseConfigError("backend", f"backend must be one of {BACKENDS}, got {self.backend!r}")
         # Resolve the scorer name early so that a typo fails here, not mid-forward.
-        from .scorers import get_scorer
+        try:
+            get_scorer(self.scorer)
+        except TypeError as e:
+            raise LighthouseConfigTypeError("scorer", str(e)) from None
+        except ValueError as e:
+            raise LighthouseConfigError("scorer", str(e)) from None
 
-        get_scorer(self.scorer)
+    @classmethod
+    def resolve(
+        cls, config: LighthouseConfig | None = None, *, levels=None, pooling=None, topk=None, scorer=None, backend=None
+    ) -> LighthouseConfig:
+        """`config` (or the defaults) with the settings given here (not None) replaced."""
+        if config is None:
+            config = _DEFAULTS
+        elif not isinstance(config, cls):
+            raise TypeError(f"config must be a LighthouseConfig, got {type(config).__name__}")
+        if levels is pooling is topk is scorer is backend is None:
+            return config
+        pick = lambda new, old: old if new is None else new  # noqa: E731
+        return cls(pick(levels, config.levels), pick(pooling, config.pooling), pick(topk, config.topk),
+                   pick(scorer, config.scorer), pick(backend, config.backend))
 
     # ---- derived sizes -------------------------------------------------------------
     @property
@@ -126,3 +171,6 @@ class LighthouseConfig:
     @property
     def scorer_name(self) -> str:
         return self.scorer if isinstance(self.scorer, str) else type(self.scorer).__name__
+
+
+_DEFAULTS = LighthouseConfig()

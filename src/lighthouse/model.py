@@ -4,9 +4,16 @@ RMSNorm, rotary position embedding (RoPE), SwiGLU feed-forward, grouped-query at
 (GQA), tied or untied embeddings, and a byte-level vocabulary: ids 0..255 are bytes, 256
 and up are special ids (`EOD_ID` ends a document).
 
-Each attention layer has a *kind*, "dense" or "lighthouse", that is a plain attribute and
-not a parameter: switching a model between training stages (`Transformer.set_attention`)
-changes no weight. Layers listed in `ModelArgs.dense_layers` stay dense in every stage.
+Each attention layer owns its projections (the only weights) and an attention module from
+`lighthouse.layers` (dense or Lighthouse, no parameters) behind one forward contract.
+Switching a model between training stages (`Transformer.set_attention`) replaces those
+modules and changes no weight; layers listed in `ModelArgs.dense_layers` stay dense in every
+stage. `Transformer.attention_builder` is the one place that makes them: context
+parallelism or another backend plugs in there.
+
+The model can be built on the meta device (`with torch.device("meta"): Transformer(...)`)
+and materialized later (`Transformer.materialize(device)`), after sharding, with the same
+initial weights as an eager build from the same seed.
 
 Legend: B batch, N sequence length, V vocabulary size, E model dim, H query heads,
 G key/value heads, D head dim, F feed-forward hidden size, L layers.
@@ -21,18 +28,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import lighthouse_attention
 from .config import LighthouseConfig
-from .rope import apply_rotary_dense, rope_tables
+from .layers import ATTENTION_KINDS, ROPE_PLACEMENTS, build_attention
+from .rope import rope_tables
 
 # ---- vocabulary -------------------------------------------------------------------------
 BYTE_VOCAB = 256  # ids 0..255: raw bytes
 EOD_ID = 256  # end of document: separates packed documents
 PAD_ID = 257  # reserved (packing never pads)
 VOCAB_SIZE = 264  # 256 bytes + 8 special ids (257..263 reserved), a multiple of 8
-
-ATTENTION_KINDS = ("dense", "lighthouse")
-ROPE_PLACEMENTS = ("window-end", "pre-pool")
 
 
 @dataclass
@@ -64,35 +68,6 @@ class ModelArgs:
         return {i % self.n_layers for i in self.dense_layers}
 
 
-@dataclass
-class LighthouseArgs:
-    """Keyword arguments of `lighthouse_attention` for the Lighthouse layers."""
-
-    levels: int = 3
-    pooling: int = 2
-    topk: int = 128
-    scorer: str = "norm"
-    backend: str = "auto"
-
-    def config(self) -> LighthouseConfig:
-        """The validated attention config (raises on bad levels/pooling/topk/scorer)."""
-        return LighthouseConfig(levels=self.levels, pooling=self.pooling, topk=self.topk, scorer=self.scorer)
-
-    def sizes(self) -> LighthouseConfig:
-        """The config without the scorer check (sizes do not depend on the scorer)."""
-        return LighthouseConfig(levels=self.levels, pooling=self.pooling, topk=self.topk)
-
-    @property
-    def min_seq_len(self) -> int:
-        return self.sizes().min_seq_len
-
-    def sub_seq_len(self, seq_len: int) -> int:
-        return self.sizes().sub_seq_len(seq_len)
-
-    def kwargs(self) -> dict:
-        return dict(levels=self.levels, pooling=self.pooling, topk=self.topk, scorer=self.scorer, backend=self.backend)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -106,34 +81,27 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs, lighthouse: LighthouseArgs):
+    """q, k, v, o projections around an attention module (`self.core`, from `lighthouse.layers`)."""
+
+    def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.rope_placement = args.rope
-        self.lighthouse = lighthouse
-        self.kind = "dense"  # "dense" | "lighthouse": not a parameter, flipped between stages
         self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.core: nn.Module = build_attention("dense")  # replaced by Transformer.set_attention
 
-    def forward(self, x_BNE: torch.Tensor, cos_ND: torch.Tensor, sin_ND: torch.Tensor) -> torch.Tensor:
+    @property
+    def kind(self) -> str:
+        return self.core.kind
+
+    def forward(self, x_BNE: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         B, N, _ = x_BNE.shape
         q_BHND = self.wq(x_BNE).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)
         k_BGND = self.wk(x_BNE).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v_BGND = self.wv(x_BNE).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
-
-        if self.kind == "lighthouse" and self.rope_placement == "window-end":
-            o_BHND = lighthouse_attention(q_BHND, k_BGND, v_BGND, rope=(cos_ND, sin_ND), **self.lighthouse.kwargs())
-        else:
-            q_BHND = apply_rotary_dense(q_BHND, cos_ND, sin_ND)
-            k_BGND = apply_rotary_dense(k_BGND, cos_ND, sin_ND)
-            if self.kind == "lighthouse":  # pre-pool placement
-                o_BHND = lighthouse_attention(q_BHND, k_BGND, v_BGND, rope=None, **self.lighthouse.kwargs())
-            else:
-                o_BHND = F.scaled_dot_product_attention(
-                    q_BHND, k_BGND, v_BGND, is_causal=True, enable_gqa=self.n_heads != self.n_kv_heads
-                )
+        o_BHND = self.core(q_BHND, k_BGND, v_BGND, rope=rope)
         return self.wo(o_BHND.transpose(1, 2).reshape(B, N, -1))
 
 
@@ -151,46 +119,67 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs, lighthouse: LighthouseArgs):
+    def __init__(self, args: ModelArgs):
         super().__init__()
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
-        self.attention = Attention(args, lighthouse)
+        self.attention = Attention(args)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args.dim, args.ffn_hidden)
 
-    def forward(self, x_BNE, cos_ND, sin_ND):
-        x_BNE = x_BNE + self.attention(self.attention_norm(x_BNE), cos_ND, sin_ND)
+    def forward(self, x_BNE, rope):
+        x_BNE = x_BNE + self.attention(self.attention_norm(x_BNE), rope)
         return x_BNE + self.feed_forward(self.ffn_norm(x_BNE))
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs, lighthouse: LighthouseArgs | None = None):
+    def __init__(self, args: ModelArgs, lighthouse: LighthouseConfig | None = None):
         super().__init__()
         check_model_args(args)
         self.args = args
-        self.lighthouse = lighthouse or LighthouseArgs()
+        self.lighthouse = lighthouse if lighthouse is not None else LighthouseConfig()
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(Block(args, self.lighthouse) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self._rope_cache: dict = {}
-        self.reset_parameters()
+        if self.output.weight.device.type != "meta":
+            self.reset_parameters()
 
     # ---- attention kinds ----------------------------------------------------------------
+    def attention_builder(self, kind: str, layer: int) -> nn.Module:
+        """The attention module of layer `layer` for `kind`; replace this to plug in another one."""
+        return build_attention(kind, self.lighthouse, self.args.rope)
+
     def set_attention(self, kind: str) -> None:
         """Make every layer not in `dense_layers` use `kind`; changes no parameter."""
         if kind not in ATTENTION_KINDS:
             raise ValueError(f"attention kind must be one of {ATTENTION_KINDS}, got {kind!r}")
         keep_dense = self.args.dense_layer_set()
         for i, block in enumerate(self.layers):
-            block.attention.kind = "dense" if i in keep_dense else kind
+            block.attention.core = self.attention_builder("dense" if i in keep_dense else kind, i)
 
     def attention_kinds(self) -> list[str]:
         return [block.attention.kind for block in self.layers]
 
     # ---- parameters ---------------------------------------------------------------------
+    def materialize(self, device) -> Transformer:
+        """Allocate a meta-built model on `device` and initialize it as an eager build would.
+
+        The eager constructors draw their default init from the RNG before `reset_parameters`
+        overwrites it; replaying those draws in construction order makes the weights equal to
+        an eager build from the same seed (and keeps old runs reproducible).
+        """
+        self.to_empty(device=device)
+        if self.args.tie_embeddings:  # to_empty gives each module its own tensor
+            self.output.weight = self.tok_embeddings.weight
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.reset_parameters()
+        self.reset_parameters()
+        return self
+
     def reset_parameters(self) -> None:
         std = self.args.init_std
         out_std = std / math.sqrt(2 * self.args.n_layers)  # residual projections (GPT-2 style)
@@ -214,11 +203,10 @@ class Transformer(nn.Module):
 
     def forward(self, idx_BN: torch.Tensor, targets_BN: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, N, V]; or, with targets, the mean cross-entropy (nats per token)."""
-        N = idx_BN.shape[1]
-        cos_ND, sin_ND = self.rope(N, idx_BN.device)
+        rope = self.rope(idx_BN.shape[1], idx_BN.device)
         x_BNE = self.tok_embeddings(idx_BN)
         for block in self.layers:
-            x_BNE = block(x_BNE, cos_ND, sin_ND)
+            x_BNE = block(x_BNE, rope)
         logits_BNV = self.output(self.norm(x_BNE))
         if targets_BN is None:
             return logits_BNV

@@ -35,14 +35,21 @@ PAD_SCORE = torch.finfo(torch.float32).min
 
 @dataclass
 class Selection:
-    """The result of selection for a padded length `seq_len`.
+    """The selection plan for a padded length `seq_len`: what both paths gather and scatter by.
 
     index_BHS: pyramid indices of the S kept entries of every (batch, query head), in the
-               causal order of spec §3 (int64).
+               causal order of spec §3 (int64 from the reference, int32 from the kernels).
+    The fast path adds the maps its gather and scatter kernels read (None from the reference):
+    slot_BHP:  for every pyramid entry, its position in the sub-sequence, or -1 if not kept.
+    cand_BHLK, cpos_BHLK: for each level 1..L-1 (L-1 lists of p*K), the kept entries' index
+               within the level and their position in the sub-sequence.
     """
 
     index_BHS: torch.Tensor
     seq_len: int
+    slot_BHP: torch.Tensor | None = None
+    cand_BHLK: torch.Tensor | None = None
+    cpos_BHLK: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .. import reference, scorers
+from .. import reference
 from ..config import LighthouseConfig
+from ..scorers import NormScorer, get_scorer
 from . import gather as _gather
 from . import scatter as _scatter
 from . import scores as _scores
@@ -203,13 +204,12 @@ scatter.register_autograd(_scatter_bwd, setup_context=_scatter_setup)
 # Composition
 # ---------------------------------------------------------------------------------------
 def _is_norm_scorer(scorer) -> bool:
-    if isinstance(scorer, str):
-        return scorer == "norm" and scorers._REGISTRY.get("norm") is scorers.NormScorer
-    return type(scorer) is scorers.NormScorer
+    """The built-in `norm` scorer (fused into the scores kernel); anything else is scored in PyTorch."""
+    return type(get_scorer(scorer)) is NormScorer
 
 
 def fast_selection(q_BHND, k_BGND, v_BGND, cfg: LighthouseConfig, scorer_context=None):
-    """Scores, pooled coarsest level and selection: (index, slot, cand, cpos, pq, pk, pv), no grad."""
+    """Scores, selection and the pooled coarsest level, no grad: (Selection, (pq, pk, pv))."""
     L, p, K = cfg.levels, cfg.pooling, cfg.topk
     n_pad = cfg.padded_len(q_BHND.shape[2])
     q, k, v = q_BHND.detach(), k_BGND.detach(), v_BGND.detach()
@@ -222,7 +222,7 @@ def fast_selection(q_BHND, k_BGND, v_BGND, cfg: LighthouseConfig, scorer_context
             sk = _scores.score_pyramid_from_base(sk_BHN, L, p)
         pq, pk, pv = pool_coarse(q, k, v, L, p, n_pad)
     index, slot, cand, cpos = select(sq, sk, L, p, K, n_pad)
-    return index, slot, cand, cpos, pq, pk, pv
+    return reference.Selection(index, n_pad, slot, cand, cpos), (pq, pk, pv)
 
 
 def supported(q_BHND: Tensor) -> bool:
@@ -238,7 +238,8 @@ def lighthouse_fast(q_BHND, k_BGND, v_BGND, cfg: LighthouseConfig, rope=None, sc
     L, p = cfg.levels, cfg.pooling
     N = q_BHND.shape[2]
     n_pad = cfg.padded_len(N)
-    index, slot, cand, cpos, pq, pk, pv = fast_selection(q_BHND, k_BGND, v_BGND, cfg, scorer_context)
+    plan, (pq, pk, pv) = fast_selection(q_BHND, k_BGND, v_BGND, cfg, scorer_context)
+    slot, cand, cpos = plan.slot_BHP, plan.cand_BHLK, plan.cpos_BHLK
     cos, sin = (None, None) if rope is None else rope
     q_sub, k_sub, v_sub = gather(q_BHND, k_BGND, v_BGND, pq, pk, pv, slot, cand, cpos, cos, sin, L, p, n_pad)
     o_sub = F.scaled_dot_product_attention(q_sub, k_sub, v_sub, is_causal=True)

@@ -22,35 +22,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import acc_dtype, block, empty, level_entries, level_offsets, level_start, next_pow2, tl_dtype
-
-BLOCK_R = 32  # entries per program (forward; 128 under the interpreter)
-BLOCK_T = 64  # base positions per program (backward; 256 under the interpreter)
-
-
-@triton.jit
-def _pooled_rows(src_ptr, row0, sn, sd, i, rmask, cols, cmask, HALF, N_real,
-                 C: tl.constexpr, SHIFT: tl.constexpr, MEAN: tl.constexpr, OUT: tl.constexpr, ACC: tl.constexpr):
-    """Sum (or mean, rounded to OUT like the reference) of rows c*i + SHIFT + j, j < C, rows >= N_real are zero.
-
-    Returns the two halves [R, BLOCK_H] of the row in ACC precision.
-    """
-    first = i.to(tl.int64) * C + SHIFT
-    lo = tl.zeros([i.shape[0], cols.shape[0]], ACC)
-    hi = tl.zeros([i.shape[0], cols.shape[0]], ACC)
-    for j in range(C):
-        t = first + j
-        ok = rmask & (t < N_real)
-        m2 = ok[:, None] & cmask[None, :]
-        ptr = src_ptr + row0 + t[:, None] * sn
-        lo += tl.load(ptr + cols[None, :] * sd, mask=m2, other=0.0).to(ACC)
-        hi += tl.load(ptr + (cols + HALF)[None, :] * sd, mask=m2, other=0.0).to(ACC)
-    if MEAN:
-        if C > 1:
-            lo = (lo / C).to(OUT).to(ACC)
-            hi = (hi / C).to(OUT).to(ACC)
-    return lo, hi
-
+from .utils import (
+    BLOCK_R,
+    BLOCK_T,
+    acc_dtype,
+    block,
+    level_entries,
+    level_offsets,
+    level_start,
+    next_pow2,
+    pooled_rows,
+    store_rows,
+    tl_dtype,
+)
 
 @triton.jit
 def _rope_tables(cos_ptr, sin_ptr, scn, scd, tpos, rmask, cols, cmask, HALF, ACC: tl.constexpr):
@@ -61,13 +45,6 @@ def _rope_tables(cos_ptr, sin_ptr, scn, scd, tpos, rmask, cols, cmask, HALF, ACC
     s_lo = tl.load(sin_ptr + base + cols[None, :] * scd, mask=m2, other=0.0).to(ACC)
     s_hi = tl.load(sin_ptr + base + (cols + HALF)[None, :] * scd, mask=m2, other=0.0).to(ACC)
     return c_lo, c_hi, s_lo, s_hi
-
-
-@triton.jit
-def _store_rows(dst_ptr, row_off, lo, hi, rmask, cols, cmask, HALF, OUT: tl.constexpr):
-    m2 = rmask[:, None] & cmask[None, :]
-    tl.store(dst_ptr + row_off[:, None] + cols[None, :], lo.to(OUT), mask=m2)
-    tl.store(dst_ptr + row_off[:, None] + (cols + HALF)[None, :], hi.to(OUT), mask=m2)
 
 
 @triton.jit
@@ -112,32 +89,32 @@ def _gather_fwd_kernel(
     kv_row = (b * (H // REP) + g).to(tl.int64)
     # q (one tensor at a time keeps register use low)
     if FROM_POOLED:  # coarsest level: rows of the means made by the scores pass ([B, X, N_coarse, D])
-        lo, hi = _pooled_rows(pq_ptr, bh.to(tl.int64) * N_coarse * D, D, 1, i, rmask, cols, cmask, HALF,
+        lo, hi = pooled_rows(pq_ptr, bh.to(tl.int64) * N_coarse * D, D, 1, i, rmask, cols, cmask, HALF,
                               N_coarse, 1, 0, False, OUT, ACC)
     else:
-        lo, hi = _pooled_rows(q_ptr, b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, sqn, sqd, i, rmask, cols, cmask,
+        lo, hi = pooled_rows(q_ptr, b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, sqn, sqd, i, rmask, cols, cmask,
                               HALF, N_real, C, 0, True, OUT, ACC)
     if ROPE:
         lo, hi = lo * c_lo - hi * s_lo, hi * c_hi + lo * s_hi
-    _store_rows(qo_ptr, dst_off, lo, hi, rmask, cols, cmask, HALF, OUT)
+    store_rows(qo_ptr, dst_off, lo, hi, rmask, cols, cmask, HALF, OUT)
     # k
     if FROM_POOLED:
-        lo, hi = _pooled_rows(pk_ptr, kv_row * N_coarse * D, D, 1, i, rmask, cols, cmask, HALF, N_coarse, 1, 0,
+        lo, hi = pooled_rows(pk_ptr, kv_row * N_coarse * D, D, 1, i, rmask, cols, cmask, HALF, N_coarse, 1, 0,
                               False, OUT, ACC)
     else:
-        lo, hi = _pooled_rows(k_ptr, b.to(tl.int64) * skb + g.to(tl.int64) * skh, skn, skd, i, rmask, cols, cmask,
+        lo, hi = pooled_rows(k_ptr, b.to(tl.int64) * skb + g.to(tl.int64) * skh, skn, skd, i, rmask, cols, cmask,
                               HALF, N_real, C, 0, True, OUT, ACC)
     if ROPE:
         lo, hi = lo * c_lo - hi * s_lo, hi * c_hi + lo * s_hi
-    _store_rows(ko_ptr, dst_off, lo, hi, rmask, cols, cmask, HALF, OUT)
+    store_rows(ko_ptr, dst_off, lo, hi, rmask, cols, cmask, HALF, OUT)
     # v (no rotation)
     if FROM_POOLED:
-        lo, hi = _pooled_rows(pv_ptr, kv_row * N_coarse * D, D, 1, i, rmask, cols, cmask, HALF, N_coarse, 1, 0,
+        lo, hi = pooled_rows(pv_ptr, kv_row * N_coarse * D, D, 1, i, rmask, cols, cmask, HALF, N_coarse, 1, 0,
                               False, OUT, ACC)
     else:
-        lo, hi = _pooled_rows(v_ptr, b.to(tl.int64) * svb + g.to(tl.int64) * svh, svn, svd, i, rmask, cols, cmask,
+        lo, hi = pooled_rows(v_ptr, b.to(tl.int64) * svb + g.to(tl.int64) * svh, svn, svd, i, rmask, cols, cmask,
                               HALF, N_real, C, 0, True, OUT, ACC)
-    _store_rows(vo_ptr, dst_off, lo, hi, rmask, cols, cmask, HALF, OUT)
+    store_rows(vo_ptr, dst_off, lo, hi, rmask, cols, cmask, HALF, OUT)
 
 
 @triton.jit
@@ -155,9 +132,9 @@ def _pool_coarse_kernel(
     rmask = i < N_coarse
     cols = tl.arange(0, BLOCK_H)
     cmask = cols < HALF
-    lo, hi = _pooled_rows(x_ptr, b.to(tl.int64) * sxb + xh.to(tl.int64) * sxh, sxn, sxd, i, rmask, cols, cmask,
+    lo, hi = pooled_rows(x_ptr, b.to(tl.int64) * sxb + xh.to(tl.int64) * sxh, sxn, sxd, i, rmask, cols, cmask,
                           HALF, N_real, C, 0, True, OUT, ACC)
-    _store_rows(out_ptr, (bx.to(tl.int64) * N_coarse + i) * D, lo, hi, rmask, cols, cmask, HALF, OUT)
+    store_rows(out_ptr, (bx.to(tl.int64) * N_coarse + i) * D, lo, hi, rmask, cols, cmask, HALF, OUT)
 
 
 @triton.jit
@@ -211,7 +188,7 @@ def _gather_bwd_kernel(
                 lo += g_lo * (1.0 / c)
                 hi += g_hi * (1.0 / c)
             c = c * POOL
-    _store_rows(dx_ptr, (bx.to(tl.int64) * N_real + t) * D, lo, hi, tmask, cols, cmask, HALF, OUT)
+    store_rows(dx_ptr, (bx.to(tl.int64) * N_real + t) * D, lo, hi, tmask, cols, cmask, HALF, OUT)
 
 
 def _rope_args(rope, like: torch.Tensor):
@@ -229,7 +206,7 @@ def pool_coarse(x_BXND: torch.Tensor, levels: int, pooling: int, n_pad: int) -> 
     B, X, N, D = x_BXND.shape
     c = pooling ** (levels - 1)
     n_coarse = n_pad // c
-    out = empty((B, X, n_coarse, D), x_BXND.dtype, x_BXND.device)
+    out = torch.empty((B, X, n_coarse, D), dtype=x_BXND.dtype, device=x_BXND.device)
     block_r = block(BLOCK_R, 128)
     grid = (triton.cdiv(n_coarse, block_r), B * X)
     _pool_coarse_kernel[grid](
@@ -247,7 +224,7 @@ def gather(q, k, v, pq, pk, pv, slot, cand, cpos, rope, levels: int, pooling: in
     n_coarse = n_pad // pooling ** (levels - 1)
     list_len = cand.shape[-1]
     S = n_coarse + (levels - 1) * list_len
-    outs = [empty((B, H, S, D), q.dtype, q.device) for _ in range(3)]
+    outs = [torch.empty((B, H, S, D), dtype=q.dtype, device=q.device) for _ in range(3)]
     cos, sin, scn, scd, tab_len, has_rope = _rope_args(rope, q)
     block_r = block(BLOCK_R, 128)
     for level in range(levels, 0, -1):
@@ -268,7 +245,7 @@ def gather_backward(g_BHSD, slot, rope, levels: int, pooling: int, n_pad: int, n
     """Adjoint of pooling + gather for one base tensor with `num_x` heads: [B, X, n_real, D]."""
     B, H, S, D = g_BHSD.shape
     offs = level_offsets(n_pad, levels, pooling)
-    out = empty((B, num_x, n_real, D), dtype, g_BHSD.device)
+    out = torch.empty((B, num_x, n_real, D), dtype=dtype, device=g_BHSD.device)
     cos, sin, scn, scd, tab_len, has_rope = _rope_args(rope, g_BHSD)
     block_t = block(BLOCK_T // 2 if has_rope else BLOCK_T, 256)
     grid = (triton.cdiv(n_real, block_t), B * num_x)

@@ -20,8 +20,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .gather import BLOCK_R, BLOCK_T, _pooled_rows, _store_rows
-from .utils import acc_dtype, block, empty, level_entries, level_offsets, level_start, next_pow2, tl_dtype
+from .utils import (
+    BLOCK_R,
+    BLOCK_T,
+    acc_dtype,
+    block,
+    level_entries,
+    level_offsets,
+    level_start,
+    next_pow2,
+    pooled_rows,
+    store_rows,
+    tl_dtype,
+)
 
 
 @triton.jit
@@ -60,7 +71,7 @@ def _scatter_fwd_kernel(
         lo += tl.load(ptr + cols[None, :] * sod, mask=m2, other=0.0).to(ACC)
         hi += tl.load(ptr + (cols + HALF)[None, :] * sod, mask=m2, other=0.0).to(ACC)
         c = c * POOL
-    _store_rows(out_ptr, (bh.to(tl.int64) * N_real + t) * D, lo, hi, tmask, cols, cmask, HALF, OUT)
+    store_rows(out_ptr, (bh.to(tl.int64) * N_real + t) * D, lo, hi, tmask, cols, cmask, HALF, OUT)
 
 
 @triton.jit
@@ -87,16 +98,16 @@ def _scatter_bwd_kernel(
     cmask = cols < HALF
     C: tl.constexpr = POOL ** (LEVEL - 1)
     i, pos = level_entries(slot_ptr, cand_ptr, cpos_ptr, bh, r, rmask, N_pad, P_len, LIST_LEN, LEVEL, L, POOL)
-    lo, hi = _pooled_rows(g_ptr, b.to(tl.int64) * sgb + h.to(tl.int64) * sgh, sgn, sgd, i, rmask, cols, cmask, HALF,
+    lo, hi = pooled_rows(g_ptr, b.to(tl.int64) * sgb + h.to(tl.int64) * sgh, sgn, sgd, i, rmask, cols, cmask, HALF,
                           N_real, C, C - 1, False, OUT, ACC)
-    _store_rows(out_ptr, (bh.to(tl.int64) * S_len + pos) * D, lo, hi, rmask, cols, cmask, HALF, OUT)
+    store_rows(out_ptr, (bh.to(tl.int64) * S_len + pos) * D, lo, hi, rmask, cols, cmask, HALF, OUT)
 
 
 def scatter(o_BHSD: torch.Tensor, slot, levels: int, pooling: int, n_pad: int, n_real: int) -> torch.Tensor:
     """Scatter the sub-sequence outputs back to [B, H, n_real, D] (summed, shifted by c - 1)."""
     B, H, S, D = o_BHSD.shape
     offs = level_offsets(n_pad, levels, pooling)
-    out = empty((B, H, n_real, D), o_BHSD.dtype, o_BHSD.device)
+    out = torch.empty((B, H, n_real, D), dtype=o_BHSD.dtype, device=o_BHSD.device)
     block_t = block(BLOCK_T, 256)
     grid = (triton.cdiv(n_real, block_t), B * H)
     _scatter_fwd_kernel[grid](
@@ -114,7 +125,7 @@ def scatter_backward(g_BHND: torch.Tensor, slot, cand, cpos, levels: int, poolin
     offs = level_offsets(n_pad, levels, pooling)
     n_coarse = n_pad // pooling ** (levels - 1)
     list_len = cand.shape[-1]
-    out = empty((B, H, sub_len, D), g_BHND.dtype, g_BHND.device)
+    out = torch.empty((B, H, sub_len, D), dtype=g_BHND.dtype, device=g_BHND.device)
     block_r = block(BLOCK_R, 128)
     for level in range(levels, 0, -1):
         n_rows = n_coarse if level == levels else list_len

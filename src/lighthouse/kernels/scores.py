@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..reference import PAD_SCORE
-from .utils import acc_dtype, block, empty, level_offsets, level_start, next_pow2, tl_dtype
+from .utils import acc_dtype, block, level_offsets, level_start, next_pow2, tl_dtype
 
 ROWS = 64  # base rows per program
 INTERPRET_ROWS = 256  # under the interpreter (fewer, larger programs)
@@ -126,9 +126,9 @@ def norm_score_pyramid(x_BXND: torch.Tensor, y_BXND: torch.Tensor | None, levels
     groups = rows // span
     n_coarse = n_pad // c_top
     q_len = score_pyramid_len(n_pad, levels, pooling)
-    s = empty((B, X, q_len), torch.float32, x_BXND.device)
-    px = empty((B, X, n_coarse, D), x_BXND.dtype, x_BXND.device) if pool_means else None
-    py = empty((B, X, n_coarse, D), x_BXND.dtype, x_BXND.device) if (pool_means and y_BXND is not None) else None
+    s = torch.empty((B, X, q_len), dtype=torch.float32, device=x_BXND.device)
+    px = torch.empty((B, X, n_coarse, D), dtype=x_BXND.dtype, device=x_BXND.device) if pool_means else None
+    py = torch.empty((B, X, n_coarse, D), dtype=x_BXND.dtype, device=x_BXND.device) if (pool_means and y_BXND is not None) else None
     block_d = next_pow2(D)
     y = y_BXND if y_BXND is not None else x_BXND
     grid = (triton.cdiv(n_pad, rows), B * X)

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ..config import HALF_TILE, TILE_WIDTH
-from .utils import empty, level_offsets, level_start, next_pow2
+from .utils import level_offsets, level_start, next_pow2
 
 
 @triton.jit
@@ -196,10 +196,10 @@ def select(sq_BHQ: torch.Tensor, sk_BXQ: torch.Tensor, levels: int, pooling: int
     S = n_coarse + (levels - 1) * pooling * topk
     block_m = next_pow2(M)
     kstride = max(block_m, WP)
-    index = empty((B, H, S), torch.int32, device)
+    index = torch.empty((B, H, S), dtype=torch.int32, device=device)
     slot = torch.full((B, H, P), -1, dtype=torch.int32, device=device)
-    cand = empty((B, H, levels - 1, pooling * topk), torch.int32, device)
-    cpos = empty((B, H, levels - 1, pooling * topk), torch.int32, device)
+    cand = torch.empty((B, H, levels - 1, pooling * topk), dtype=torch.int32, device=device)
+    cpos = torch.empty((B, H, levels - 1, pooling * topk), dtype=torch.int32, device=device)
     keys = torch.empty((B * H * T, levels, kstride), dtype=torch.int64, device=device)
     _select_kernel[(T, B * H)](
         sq_BHQ, sk_BXQ, index, slot, cand, cpos, keys,

@@ -1,4 +1,5 @@
-"""Small helpers shared by the kernel modules: sizes, launch settings, output allocation.
+"""Helpers shared by the kernel modules: sizes, launch settings, and the row loads/stores of
+gather and scatter. Kernel modules import from here only, never from each other.
 
 Legend: B batch, H query heads, G key/value heads, X either, N padded length, D head dim,
 S sub-sequence length, P concatenated pyramid length, Q score-pyramid length (levels 2..L).
@@ -13,11 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-# Tests set this to True: every kernel output is then allocated filled with NaN (floats) or a
-# sentinel (integers) instead of left uninitialised, so an element a kernel forgets to write
-# shows up as a failure.
-POISON_OUTPUTS = False
-INT_POISON = -7
+BLOCK_R = 32  # entries per program (forward; 128 under the interpreter)
+BLOCK_T = 64  # base positions per program (backward; 256 under the interpreter)
 
 
 def interpreting() -> bool:
@@ -31,14 +29,6 @@ def block(gpu: int, interpreter: int) -> int:
 
 def next_pow2(x: int) -> int:
     return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
-
-
-def empty(shape, dtype, device) -> torch.Tensor:
-    """Uninitialised output (or a poisoned one when POISON_OUTPUTS is set)."""
-    if POISON_OUTPUTS:
-        fill = float("nan") if dtype.is_floating_point else INT_POISON
-        return torch.full(shape, fill, dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def level_offsets(n_pad: int, levels: int, pooling: int) -> list[int]:
@@ -91,3 +81,34 @@ def level_entries(slot_ptr, cand_ptr, cpos_ptr, bh, r, rmask, N_pad, P_len, LIST
         i = tl.load(cand_ptr + lst, mask=rmask, other=0)
         pos = tl.load(cpos_ptr + lst, mask=rmask, other=0)
     return i, pos
+
+
+@triton.jit
+def pooled_rows(src_ptr, row0, sn, sd, i, rmask, cols, cmask, HALF, N_real,
+                 C: tl.constexpr, SHIFT: tl.constexpr, MEAN: tl.constexpr, OUT: tl.constexpr, ACC: tl.constexpr):
+    """Sum (or mean, rounded to OUT like the reference) of rows c*i + SHIFT + j, j < C, rows >= N_real are zero.
+
+    Returns the two halves [R, BLOCK_H] of the row in ACC precision.
+    """
+    first = i.to(tl.int64) * C + SHIFT
+    lo = tl.zeros([i.shape[0], cols.shape[0]], ACC)
+    hi = tl.zeros([i.shape[0], cols.shape[0]], ACC)
+    for j in range(C):
+        t = first + j
+        ok = rmask & (t < N_real)
+        m2 = ok[:, None] & cmask[None, :]
+        ptr = src_ptr + row0 + t[:, None] * sn
+        lo += tl.load(ptr + cols[None, :] * sd, mask=m2, other=0.0).to(ACC)
+        hi += tl.load(ptr + (cols + HALF)[None, :] * sd, mask=m2, other=0.0).to(ACC)
+    if MEAN:
+        if C > 1:
+            lo = (lo / C).to(OUT).to(ACC)
+            hi = (hi / C).to(OUT).to(ACC)
+    return lo, hi
+
+
+@triton.jit
+def store_rows(dst_ptr, row_off, lo, hi, rmask, cols, cmask, HALF, OUT: tl.constexpr):
+    m2 = rmask[:, None] & cmask[None, :]
+    tl.store(dst_ptr + row_off[:, None] + cols[None, :], lo.to(OUT), mask=m2)
+    tl.store(dst_ptr + row_off[:, None] + (cols + HALF)[None, :], hi.to(OUT), mask=m2)

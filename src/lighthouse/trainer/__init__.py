@@ -2,14 +2,18 @@
 
     config.py      dataclasses, TOML loading, `--set` overrides, validation
     data.py        byte-level documents from local files, packed into windows
-    loop.py        the training loop (stages, accumulation, schedule, eval, signals)
-    checkpoint.py  atomic safetensors + state checkpoints
+    loop.py        the training loop (stages, evaluation and checkpoint cadence, signals)
+    stepper.py     one optimizer step: schedule, accumulation, clipping, AdamW (no host sync)
+    checkpoint.py  atomic, verified safetensors + state checkpoints; the run lock
+    progress.py    metrics and the progress bar, read back once per log interval
     metrics.py     metrics.jsonl and the summary table
     plot.py        loss against tokens and wall-clock
 """
 
 from .config import Config, ConfigError, DataConfig, OptimConfig, StageConfig, TrainingConfig, baseline_config, load_config
-from .loop import RunResult, Trainer, evaluate, lr_at, train
+from ..evals.bpb import evaluate
+from .loop import RunResult, Trainer, train
+from .stepper import lr_at
 
 __all__ = [
     "Config",

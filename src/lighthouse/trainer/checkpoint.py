@@ -1,33 +1,59 @@
 """Checkpoints: weights as safetensors, everything else (optimizer, LR schedule, data position,
-RNG states, counters) in `state.pt`, written atomically.
+RNG states, counters) in `state.pt`, written atomically and verified on load.
 
 Layout of `runs/<name>/checkpoints/`:
 
     step-00000100/model.safetensors   weights
     step-00000100/state.pt            optimizer, scheduler, data, rng, progress, config
-    step-00000100/meta.json           step and file list, for people and tools
+    step-00000100/meta.json           step, and the size and SHA-256 of every file
     latest                            the name of the newest complete checkpoint
 
-A checkpoint is written into a hidden temporary folder, flushed to disk, and renamed into
-place in one step (`os.replace`); only then does `latest` move (temp file + rename) and are
-older checkpoints pruned. A kill at any moment therefore leaves the last good checkpoint
-readable; leftover temporary folders are ignored and cleaned up by the next save.
+The promises, and how they are kept:
+- A kill at any moment leaves the last good checkpoint loadable: a checkpoint is written
+  into a hidden temporary folder, flushed, and renamed into place in one step (`os.replace`);
+  only then does `latest` move (temp file + rename).
+- A damaged checkpoint is never loaded silently: `meta.json` records a SHA-256 of each file,
+  checked before anything is read. A damaged or unreadable checkpoint raises a one-line
+  `CheckpointError` naming the file; resuming falls back, with a warning, to the newest older
+  checkpoint that verifies (keep more than one with `training.keep_checkpoints`).
+- Pruning renames an old checkpoint out of sight (`.trash-*`) before deleting it, so a kill
+  mid-delete leaves no half folder that looks like a checkpoint; leftovers of killed saves
+  and prunes are removed by the next save.
+- One trainer per run: `RunLock` holds an exclusive lock on `<run>/.lock` for the whole run
+  (released by the OS when the process dies, even by SIGKILL), and a second trainer on the
+  same run stops with an error that says who holds it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
+
+log = logging.getLogger("lighthouse.checkpoint")
 
 CHECKPOINT_DIR = "checkpoints"
 FILES = ("model.safetensors", "state.pt", "meta.json")
+DATA_FILES = ("model.safetensors", "state.pt")  # the files meta.json vouches for
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (damaged, truncated, unreadable); the message names the file."""
+
+
+class RunLockedError(RuntimeError):
+    """Another live process is training the same run."""
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -57,10 +83,24 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def is_complete(path: Path) -> bool:
+    """All files present (a cheap test; `verify_checkpoint` checks their content)."""
     return path.is_dir() and all((path / f).is_file() for f in FILES)
 
 
+def _complete_checkpoints(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("step-*") if is_complete(p))
+
+
+# ---- saving ---------------------------------------------------------------------------------
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, state: dict, keep: int = 1) -> Path:
     """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`."""
     root = checkpoint_root(run_dir)
@@ -73,13 +113,15 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, stat
         tmp.mkdir()
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
-        meta = {"step": step, "files": list(FILES)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        for f in FILES:
+        for f in DATA_FILES:
             _fsync(tmp / f)
+        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in DATA_FILES}
+        meta = {"step": step, "files": files}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        _fsync(tmp / "meta.json")
         _fsync(tmp)
         if final.exists():  # an incomplete folder of that name cannot be a good checkpoint
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(tmp, final)
         _fsync(root)
     write_atomic(root / "latest", final.name + "\n")
@@ -87,48 +129,183 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, stat
     return final
 
 
+def _remove(path: Path) -> None:
+    """Rename out of sight first (atomic), then delete: a kill mid-delete leaves only hidden trash."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _prune(root: Path, keep: int, current: Path) -> None:
-    complete = sorted(p for p in root.glob("step-*") if is_complete(p))
+    complete = _complete_checkpoints(root)
     for old in complete[:-keep] if keep > 0 else []:
         if old != current:
-            shutil.rmtree(old, ignore_errors=True)
-    for tmp in root.glob(".tmp-*"):  # left by a save that was killed part-way
-        shutil.rmtree(tmp, ignore_errors=True)
+            _remove(old)
+    for left in [*root.glob(".tmp-*"), *root.glob(".trash-*")]:  # from saves or prunes that were killed
+        shutil.rmtree(left, ignore_errors=True)
+    for partial in root.glob("step-*"):  # a folder of an older version's interrupted delete
+        if partial.is_dir() and not is_complete(partial) and partial != current:
+            _remove(partial)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run (`latest` first, else a scan), or None."""
+# ---- finding and verifying --------------------------------------------------------------------
+def verify_checkpoint(path: Path) -> dict:
+    """meta.json of a checkpoint whose files match their recorded size and SHA-256; else CheckpointError."""
+    path = Path(path)
+    for f in FILES:
+        if not (path / f).is_file():
+            raise CheckpointError(f"{path / f}: missing")
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path / 'meta.json'}: not valid JSON ({e})") from None
+    files = meta.get("files")
+    if not isinstance(files, dict):  # written before checksums existed: nothing to compare
+        return meta
+    for name, want in files.items():
+        f = path / name
+        size = f.stat().st_size
+        if size != want.get("bytes"):
+            raise CheckpointError(f"{f}: {size} bytes, expected {want.get('bytes')} (truncated or replaced)")
+        if sha256_file(f) != want.get("sha256"):
+            raise CheckpointError(f"{f}: content does not match its SHA-256 in meta.json (damaged)")
+    return meta
+
+
+def checkpoints_newest_first(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, the one `latest` names first, then by step, newest first."""
     root = checkpoint_root(run_dir)
     if not root.is_dir():
-        return None
+        return []
+    found = _complete_checkpoints(root)[::-1]
     pointer = root / "latest"
     if pointer.is_file():
-        candidate = root / pointer.read_text(encoding="utf-8").strip()
-        if candidate.name and is_complete(candidate):
-            return candidate
-    complete = sorted(p for p in root.glob("step-*") if is_complete(p))
-    return complete[-1] if complete else None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder, its checkpoints folder, or one checkpoint folder -> a checkpoint folder."""
-    path = Path(path)
-    if is_complete(path):
-        return path
-    found = latest_checkpoint(path)
-    if found is None and path.name == CHECKPOINT_DIR:
-        found = latest_checkpoint(path.parent)
-    if found is None:
-        raise FileNotFoundError(f"no complete checkpoint found at {path}")
+        named = root / pointer.read_text(encoding="utf-8").strip()
+        if named in found:
+            found.remove(named)
+            found.insert(0, named)
     return found
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module | None = None, device="cpu") -> dict:
-    """Load weights into `model` (when given) and return the state dict."""
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run (`latest` first, else a scan), or None; not verified."""
+    found = checkpoints_newest_first(run_dir)
+    return found[0] if found else None
+
+
+def latest_good_checkpoint(run_dir: str | Path, warn=log.warning) -> Path | None:
+    """The newest checkpoint that verifies; each damaged newer one is reported through `warn`."""
+    for ckpt in checkpoints_newest_first(run_dir):
+        try:
+            verify_checkpoint(ckpt)
+            return ckpt
+        except CheckpointError as e:
+            warn(f"skipping damaged checkpoint: {e}")
+    return None
+
+
+def resolve_checkpoint(path: str | Path, warn=log.warning) -> Path:
+    """A run folder, its checkpoints folder, or one checkpoint folder -> a verified checkpoint folder."""
     path = Path(path)
+    if is_complete(path):
+        verify_checkpoint(path)
+        return path
+    run_dir = path.parent if path.name == CHECKPOINT_DIR else path
+    if not checkpoints_newest_first(run_dir):
+        raise FileNotFoundError(f"no complete checkpoint found at {path}")
+    found = latest_good_checkpoint(run_dir, warn)
+    if found is None:
+        raise CheckpointError(f"every checkpoint under {checkpoint_root(run_dir)} is damaged")
+    return found
+
+
+# ---- loading ----------------------------------------------------------------------------------
+def load_state(path: Path, device="cpu") -> dict:
+    """`state.pt` of a checkpoint; any failure becomes a one-line CheckpointError naming the file."""
+    f = Path(path) / "state.pt"
+    try:
+        return torch.load(f, map_location=device, weights_only=True)
+    except Exception as e:  # EOFError, pickle errors, zip errors from a damaged file
+        first_line = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"{f}: cannot be read ({type(e).__name__}: {first_line})") from None
+
+
+def load_weights(path: Path, model: torch.nn.Module, device="cpu") -> None:
+    f = Path(path) / "model.safetensors"
+    try:
+        load_model(model, str(f), strict=True, device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{f}: cannot be read ({e})") from None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module | None = None, device="cpu", verify: bool = True) -> dict:
+    """Verify, load weights into `model` (when given) and return the state dict."""
+    path = Path(path)
+    if verify:
+        verify_checkpoint(path)
     if model is not None:
-        load_model(model, str(path / "model.safetensors"), strict=True, device=str(device))
-    return torch.load(path / "state.pt", map_location=device, weights_only=True)
+        load_weights(path, model, device)
+    return load_state(path, device)
+
+
+class Checkpointer:
+    """The trainer's checkpoint part: saves every so often, finds the newest good one, loads it."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 1, warn=log.warning):
+        self.run_dir, self.keep, self.warn = Path(run_dir), keep, warn
+
+    def save(self, step: int, model: torch.nn.Module, state: dict) -> Path:
+        return save_checkpoint(self.run_dir, step, model, state, self.keep)
+
+    def latest(self) -> Path | None:
+        """The newest checkpoint that verifies (damaged newer ones are reported and skipped)."""
+        return latest_good_checkpoint(self.run_dir, self.warn)
+
+    def any_exist(self) -> bool:
+        return bool(checkpoints_newest_first(self.run_dir))
+
+    def load(self, path: Path, model: torch.nn.Module, device) -> dict:
+        return load_checkpoint(path, model, device, verify=False)  # `latest` verified it
+
+
+# ---- one trainer per run ------------------------------------------------------------------------
+class RunLock:
+    """An exclusive advisory lock on `<run_dir>/.lock`, held while a trainer works on the run."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fh = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunLockedError(
+                f"{self.path.parent} is being trained by {holder}; wait for it to finish or stop it first"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # ---- RNG state -----------------------------------------------------------------------------

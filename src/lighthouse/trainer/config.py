@@ -18,6 +18,7 @@ import difflib
 import json
 import math
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from ..model import ATTENTION_KINDS, LighthouseArgs, ModelArgs, check_model_args
+from ..config import LighthouseConfig, LighthouseConfigError
+from ..model import ATTENTION_KINDS, ModelArgs, check_model_args
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16")
-SOURCES = ("stdlib", "files")
+SOURCES = ("stdlib", "files", "site-packages")
 
 
 class ConfigError(ValueError):
@@ -41,12 +43,19 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     source: str = "stdlib"  # "stdlib": the Python standard library's .py files; "files": `paths`
+    # "site-packages": the .py files of the installed packages (of `paths` folders, if given)
     paths: list[str] = field(default_factory=list)  # files, directories or glob patterns
     text_field: str = "text"  # the field (JSONL) or column (Parquet) holding a document
     max_bytes: int = 0  # read at most this many bytes of files (by size, in path order); 0: all
     seq_len: int = 1024  # tokens per training window
     val_fraction: float = 0.05  # share of documents held out for validation (by hash of name)
     val_windows: int = 16  # validation windows evaluated each time
+    # One document is a "file", the files of a "folder", or those of a top-level "package" (a
+    # folder under a root); "auto": "package" for source = "site-packages", else "file".
+    document: str = "auto"
+    # "documents" (whole documents by hash of name), "bytes" (every document's last val_fraction
+    # of bytes), "auto": "documents" unless either split would not fill one window, then "bytes".
+    val_split: str = "auto"
 
 
 @dataclass
@@ -71,10 +80,10 @@ class TrainingConfig:
     compile: bool = False  # torch.compile the model
     deterministic: bool = True  # torch.use_deterministic_algorithms (CPU runs are bitwise repeatable)
     threads: int = 0  # torch CPU threads; 0: torch's default
-    log_every: int = 1  # steps between metrics lines
+    log_every: int = 10  # steps between metrics lines (the only places the loss is read back from the GPU)
     eval_every: int = 50  # steps between validation evaluations (and at each stage end); 0: stage ends only
     checkpoint_every: int = 50  # steps between checkpoints (and at each stage end); 0: stage ends only
-    keep_checkpoints: int = 1  # how many recent checkpoints to keep
+    keep_checkpoints: int = 2  # how many recent checkpoints to keep (a damaged newest one falls back to an older)
     progress: bool = True  # show a progress bar
 
 
@@ -89,7 +98,8 @@ class Config:
     name: str = "demo"
     out_dir: str = "runs"
     model: ModelArgs = field(default_factory=ModelArgs)
-    lighthouse: LighthouseArgs = field(default_factory=LighthouseArgs)
+    # The demo preset's sizes (a 1,024-token window); LighthouseConfig's own defaults are the paper's.
+    lighthouse: LighthouseConfig = field(default_factory=lambda: LighthouseConfig(pooling=2, topk=128))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -254,7 +264,10 @@ def _build(cls, data: dict, prefix: str):
             what = f"in [{prefix[:-1]}]" if prefix else "at the top level"
             raise ConfigError(f"unknown key '{where}' {what}{_suggest(key, names)}")
         kwargs[key] = _convert(hints[key], value, where)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except LighthouseConfigError as e:  # the attention's own checks, reported under their key
+        raise ConfigError(f"'{prefix}{e.key}': {e}") from None
 
 
 def _type_name(tp) -> str:
@@ -268,6 +281,14 @@ def _type_name(tp) -> str:
 
 def _convert(tp, value, where: str):
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # e.g. `str | Scorer`: a config file can give the str
+        plain = [t for t in typing.get_args(tp) if t in (bool, int, float, str)]
+        for t in plain:
+            try:
+                return _convert(t, value, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"'{where}' must be {' or '.join(_type_name(t) for t in plain)}, got {value!r}")
     bad = ConfigError(f"'{where}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -315,14 +336,7 @@ def validate(cfg: Config) -> None:
         if stage.steps < 1:
             raise ConfigError(f"'stages.{i}.steps' must be >= 1, got {stage.steps}")
 
-    lh = cfg.lighthouse
-    try:  # the attention's own checks, reported under the config key they name
-        lh.sizes()
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"'lighthouse.{str(e).split()[0]}': {e}") from None
-    if lh.backend not in ("auto", "reference", "triton"):
-        raise ConfigError(f"'lighthouse.backend' must be auto, reference or triton, got {lh.backend!r}")
-
+    lh = cfg.lighthouse  # validated when it was built (LighthouseConfig.__post_init__)
     d = cfg.data
     if d.seq_len < 2:
         raise ConfigError(f"'data.seq_len' must be >= 2, got {d.seq_len}")
@@ -340,7 +354,14 @@ def validate(cfg: Config) -> None:
     if d.source == "files" and not d.paths:
         raise ConfigError("'data.paths' must list files, directories or globs when data.source = \"files\"")
     if d.source == "stdlib" and d.paths:
-        raise ConfigError("'data.paths' is only read when data.source = \"files\"; set data.source = \"files\"")
+        raise ConfigError(
+            "'data.paths' is not read when data.source = \"stdlib\"; set data.source = \"files\" "
+            "(or \"site-packages\" to name site-packages folders)"
+        )
+    if d.document not in ("auto", "file", "folder", "package"):
+        raise ConfigError(f"'data.document' must be auto, file, folder or package, got {d.document!r}")
+    if d.val_split not in ("auto", "documents", "bytes"):
+        raise ConfigError(f"'data.val_split' must be auto, documents or bytes, got {d.val_split!r}")
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"'data.val_fraction' must be between 0 and 1 (exclusive), got {d.val_fraction}")
     if d.val_windows < 1:

@@ -1,39 +1,41 @@
 """The training loop: stages of Lighthouse and dense attention in one run.
 
     for step in range(start, total_steps):
-        switch the attention kind when a new stage begins (no parameter changes)
-        accumulate gradients over micro-batches to the global batch
-        clip, set the learning rate from the schedule over *all* stages, AdamW step
-        log; evaluate validation bits-per-byte; checkpoint
+        enter the step's stage (switch the attention modules; no parameter changes)
+        stepper.step: LR from the schedule over *all* stages, accumulate, clip, AdamW
+        every log_every steps (and before evaluating or saving): read the losses back, log
+        every eval_every steps and at stage ends: validation bits-per-byte
+        every checkpoint_every steps, at stage ends and on SIGINT/SIGTERM: checkpoint
 
 Stage 2 simply continues: same weights, same optimizer state, same schedule, with dense
 attention. A checkpoint holds everything needed to continue bit for bit (`--resume`).
 
-Legend: B micro-batch, N seq_len, V vocabulary.
+The parts, one job each: `Stepper` (stepper.py), `Evaluator` (below, on evals/bpb.py),
+`Checkpointer` (checkpoint.py), `TrainLog` (progress.py: metrics and the progress bar).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import shutil
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..model import BYTE_VOCAB, Transformer
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..evals.bpb import evaluate
+from ..model import Transformer
+from .checkpoint import CHECKPOINT_DIR, Checkpointer, RunLock, rng_state, set_rng_state
 from .config import Config, ConfigError, from_dict, to_dict, to_toml
 from .data import ByteData
-from .metrics import MetricsWriter, stage_rows, truncate_metrics
+from .metrics import METRICS_FILE, stage_rows, truncate_metrics
+from .progress import TrainLog
+from .stepper import Stepper, build_optimizer, lr_at
 
 
 class RunExistsError(RuntimeError):
@@ -48,7 +50,7 @@ class Interrupted(RuntimeError):
         self.signum, self.checkpoint = signum, checkpoint
 
 
-# ---- small helpers ---------------------------------------------------------------------------
+# ---- setup helpers ---------------------------------------------------------------------------
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -65,76 +67,35 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def lr_at(cfg: Config, step: int) -> float:
-    """Learning rate of step `step` (0-based): linear warm-up, then the schedule to the last step."""
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    if o.schedule == "constant":
-        return o.lr
-    progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.total_steps - 1 - o.warmup_steps))
-    floor = o.lr * o.min_lr_ratio
-    if o.schedule == "linear":
-        return o.lr - (o.lr - floor) * progress
-    return floor + (o.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+def build_model(cfg: Config, device: torch.device | str = "meta") -> Transformer:
+    """The model of `cfg`; built on the meta device, then materialized on `device` unless that is meta.
+
+    Sharded training materializes after sharding (`Transformer.materialize`); either way the
+    initial weights equal an eager build from the same RNG state.
+    """
+    with torch.device("meta"):
+        model = Transformer(cfg.model, cfg.lighthouse)
+    if torch.device(device).type != "meta":
+        model.materialize(device)
+    return model
 
 
-def build_model(cfg: Config, device: torch.device) -> Transformer:
-    model = Transformer(cfg.model, cfg.lighthouse)
-    return model.to(device)
+class Evaluator:
+    """Validation bits-per-byte of the model, with its current attention or with every layer set to `kind`."""
 
+    def __init__(self, model: Transformer, forward, windows, micro_batch: int, device, amp_dtype):
+        self.model, self.forward, self.windows = model, forward, windows
+        self.micro_batch, self.device, self.amp_dtype = micro_batch, device, amp_dtype
 
-def check_lighthouse(cfg: Config) -> None:
-    """Let the attention core reject bad Lighthouse settings (e.g. an unknown scorer) up front."""
-    if any(s.attention == "lighthouse" for s in cfg.stages):
-        from .. import LighthouseConfig
-
-        lh = cfg.lighthouse
+    def __call__(self, kind: str | None = None) -> dict:
+        saved = [block.attention.core for block in self.model.layers]
+        if kind is not None:
+            self.model.set_attention(kind)
         try:
-            LighthouseConfig(levels=lh.levels, pooling=lh.pooling, topk=lh.topk, scorer=lh.scorer)
-        except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(f"[lighthouse]: {e}") from None
-
-
-def build_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices and embeddings, not on norm weights. Fused on CUDA."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    o = cfg.optim
-    extra = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, **extra)
-
-
-@torch.no_grad()
-def evaluate(model: Transformer, windows_BN1: torch.Tensor, micro_batch: int, device, amp_dtype=None) -> dict:
-    """Validation loss (nats/token, all targets) and bits-per-byte (byte targets only)."""
-    was_training = model.training
-    model.eval()
-    nats_bytes, n_bytes, nats_all, n_all = 0.0, 0, 0.0, 0
-    for i in range(0, len(windows_BN1), micro_batch):
-        w = windows_BN1[i : i + micro_batch].to(device)
-        x_BN, y_BN = w[:, :-1], w[:, 1:]
-        with _autocast(device, amp_dtype):
-            logits_BNV = model(x_BN)
-        nats_BN = F.cross_entropy(logits_BNV.float().flatten(0, 1), y_BN.flatten(), reduction="none").view_as(y_BN)
-        is_byte = y_BN < BYTE_VOCAB
-        nats_bytes += float(nats_BN[is_byte].double().sum())
-        n_bytes += int(is_byte.sum())
-        nats_all += float(nats_BN.double().sum())
-        n_all += y_BN.numel()
-    model.train(was_training)
-    return {"val_bpb": nats_bytes / max(1, n_bytes) / math.log(2), "val_loss": nats_all / max(1, n_all)}
-
-
-def _autocast(device: torch.device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+            return evaluate(self.forward, self.windows, self.micro_batch, self.device, self.amp_dtype)
+        finally:
+            for block, core in zip(self.model.layers, saved):
+                block.attention.core = core
 
 
 @dataclass
@@ -152,29 +113,20 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # -- setup --
-    def _prepare_run_dir(self) -> Path | None:
+    def _prepare_run_dir(self) -> None:
         run_dir = self.cfg.run_dir
-        ckpt = latest_checkpoint(run_dir)
-        if self.overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-            ckpt = None
-        elif not self.resume and (ckpt is not None or (run_dir / "metrics.jsonl").exists()):
-            where = f"a checkpoint at {ckpt}" if ckpt else "metrics"
+        if self.overwrite:
+            for item in run_dir.iterdir():  # everything but the lock this trainer holds
+                if item.name != ".lock":
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+        elif not self.resume and (self.checkpointer.any_exist() or (run_dir / METRICS_FILE).exists()):
             raise RunExistsError(
-                f"{run_dir} already has {where}; pass --resume to continue it or --overwrite to start over "
-                "(or choose another --set name=...)"
+                f"{run_dir} already has {'checkpoints' if self.checkpointer.any_exist() else 'metrics'}; "
+                "pass --resume to continue it or --overwrite to start over (or choose another --set name=...)"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if ckpt is None and self.resume:
-            self.echo(f"[{self.cfg.name}] no checkpoint in {run_dir}; starting from scratch")
-        if ckpt is None and (run_dir / "metrics.jsonl").exists():
-            (run_dir / "metrics.jsonl").unlink()
-        return ckpt
 
-    def _setup(self):
-        cfg = self.cfg
-        t = cfg.training
-        check_lighthouse(cfg)
+    def _setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.training
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
@@ -186,7 +138,14 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        ckpt = self._prepare_run_dir()
+        self.checkpointer = Checkpointer(cfg.run_dir, t.keep_checkpoints,
+                                         warn=lambda msg: self.echo(f"[{cfg.name}] warning: {msg}"))
+        self._prepare_run_dir()
+        ckpt = self.checkpointer.latest() if self.resume else None
+        if self.resume and ckpt is None:
+            self.echo(f"[{cfg.name}] no usable checkpoint in {cfg.run_dir / CHECKPOINT_DIR}; starting from scratch")
+        if ckpt is None and (cfg.run_dir / METRICS_FILE).exists():
+            (cfg.run_dir / METRICS_FILE).unlink()
         (cfg.run_dir / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
 
         torch.manual_seed(t.seed)
@@ -197,7 +156,7 @@ class Trainer:
         self.data = ByteData(cfg.data, t.seed)
         self.step, self.time_s = 0, 0.0
         if ckpt is not None:
-            state = load_checkpoint(ckpt, self.model, self.device)
+            state = self.checkpointer.load(ckpt, self.model, self.device)
             self._check_resume_config(state["config"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.data.load_state_dict(state["data"])
@@ -207,9 +166,10 @@ class Trainer:
             truncate_metrics(cfg.run_dir, self.step)
             self.echo(f"[{cfg.name}] resumed from {ckpt} (step {self.step}/{cfg.total_steps})")
         self.resumed_from = self.step
-        self.forward = torch.compile(self.model) if t.compile else self.model
-        self.val_windows = self.data.val_windows()
-        self.metrics = MetricsWriter(cfg.run_dir)
+        forward = torch.compile(self.model) if t.compile else self.model
+        self.stepper = Stepper(cfg, self.model, forward, self.optimizer, self.data.train, self.device, self.amp_dtype)
+        self.evaluator = Evaluator(self.model, forward, self.data.val_windows(), cfg.micro_batch, self.device,
+                                   self.amp_dtype)
 
     def _check_resume_config(self, saved: dict) -> None:
         old = from_dict(saved)
@@ -219,7 +179,7 @@ class Trainer:
         if changed:
             self.echo(f"[{self.cfg.name}] warning: resuming with changed {', '.join(changed)}; the run will not repeat exactly")
 
-    # -- pieces of a step --
+    # -- pieces of the loop --
     def _state(self) -> dict:
         return {
             "step": self.step,
@@ -232,39 +192,33 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        return save_checkpoint(self.cfg.run_dir, self.step, self.model, self._state(), self.cfg.training.keep_checkpoints)
+        return self.checkpointer.save(self.step, self.model, self._state())
 
-    def train_step(self) -> tuple[float, float]:
-        cfg = self.cfg
-        micro = cfg.micro_batch
-        accum = cfg.training.batch_size // micro
-        lr = lr_at(cfg, self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=self.device)
-        for _ in range(accum):
-            w_BN1 = self.data.train.next_batch(micro).to(self.device, non_blocking=True)
-            with _autocast(self.device, self.amp_dtype):
-                loss = self.forward(w_BN1[:, :-1], w_BN1[:, 1:])
-            (loss / accum).backward()
-            loss_sum += loss.detach()
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")  # inf: measure only
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return float(loss_sum / accum), float(grad_norm)
-
-    def _eval(self, kind: str | None = None) -> dict:
-        """Validation with the current attention kinds, or all layers set to `kind`."""
-        saved = self.model.attention_kinds()
-        if kind is not None:
+    def _enter_stage(self, stage: int | None) -> int:
+        """The stage of the next step; switches the attention modules when it begins."""
+        now = self.cfg.stage_at(self.step)
+        if now != stage:
+            kind = self.cfg.stages[now].attention
             self.model.set_attention(kind)
-        try:
-            return evaluate(self.forward, self.val_windows, self.cfg.micro_batch, self.device, self.amp_dtype)
-        finally:
-            for block, k in zip(self.model.layers, saved):
-                block.attention.kind = k
+            self.log.write(f"[{self.cfg.name}] stage {now + 1}/{len(self.cfg.stages)}: {kind} attention "
+                           f"(layers {self.model.attention_kinds()}) from step {self.step}")
+        return now
+
+    def _record(self, stage: int) -> dict:
+        return {"step": self.step, "stage": stage, "attention": self.cfg.stages[stage].attention,
+                "tokens": self.step * self.cfg.tokens_per_step}
+
+    def _evaluate(self, stage: int, stage_done: bool) -> None:
+        kind = self.cfg.stages[stage].attention
+        ev = self.evaluator()
+        self.log.record({"kind": "eval", **self._record(stage), **ev, "time_s": self.time_s})
+        self.log.write(f"[{self.cfg.name}] step {self.step}: val bpb {ev['val_bpb']:.4f} ({kind})")
+        if stage_done:
+            dense = ev if kind == "dense" else self.evaluator("dense")
+            self.log.record({"kind": "stage_end", **self._record(stage), "time_s": self.time_s,
+                             "val_bpb": ev["val_bpb"], "val_bpb_dense": dense["val_bpb"]})
+            if kind != "dense":
+                self.log.write(f"[{self.cfg.name}] step {self.step}: val bpb {dense['val_bpb']:.4f} (same weights, dense)")
 
     # -- signals --
     def _on_signal(self, signum, frame):
@@ -286,82 +240,55 @@ class Trainer:
 
     # -- the loop --
     def run(self, progress: bool | None = None) -> RunResult:
-        cfg = self.cfg
-        self._setup()
-        total = cfg.total_steps
-        show = cfg.training.progress if progress is None else progress
-        if self.step >= total:
-            self.echo(f"[{cfg.name}] already finished ({self.step}/{total} steps)")
-            self.metrics.close()
-            return RunResult(cfg.name, cfg.run_dir, stage_rows(cfg.run_dir), self.resumed_from)
-
-        from tqdm.auto import tqdm
-
-        n_params = self.model.num_params()
-        self.echo(
-            f"[{cfg.name}] {n_params / 1e6:.2f}M parameters, {total} steps of {cfg.tokens_per_step:,} tokens "
-            f"({' -> '.join(f'{s.attention} x{s.steps}' for s in cfg.stages)}) on {self.device}, "
-            f"{len(self.data.files)} files"
-        )
-        bar = tqdm(total=total, initial=self.step, desc=cfg.name, unit="step", disable=not show, dynamic_ncols=True)
-        write = bar.write if show else self.echo
-        stage_idx = None
-        tok_s_ema = None
-        try:
-            with self._signals():
-                while self.step < total:
-                    if cfg.stage_at(self.step) != stage_idx:
-                        stage_idx = cfg.stage_at(self.step)
-                        kind = cfg.stages[stage_idx].attention
-                        self.model.set_attention(kind)
-                        write(
-                            f"[{cfg.name}] stage {stage_idx + 1}/{len(cfg.stages)}: {kind} attention "
-                            f"(layers {self.model.attention_kinds()}) from step {self.step}"
-                        )
-                    kind = cfg.stages[stage_idx].attention
-                    t0 = time.perf_counter()
-                    loss, grad_norm = self.train_step()
-                    dt = time.perf_counter() - t0
-                    self.time_s += dt
-                    tok_s = cfg.tokens_per_step / dt
-                    tok_s_ema = tok_s if tok_s_ema is None else 0.9 * tok_s_ema + 0.1 * tok_s
-                    tokens = self.step * cfg.tokens_per_step
-                    common = {"step": self.step, "stage": stage_idx, "attention": kind, "tokens": tokens}
-                    if self.step % cfg.training.log_every == 0 or self.step == total:
-                        self.metrics.write(
-                            {"kind": "train", **common, "loss": loss, "lr": lr_at(cfg, self.step - 1),
-                             "grad_norm": grad_norm, "time_s": self.time_s, "tok_per_s": tok_s}
-                        )
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s_ema:,.0f}", stage=f"{stage_idx + 1}:{kind}")
-                    bar.update(1)
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(f"[{cfg.name}] loss is {loss} at step {self.step}; lower optim.lr?")
-
-                    stage_done = self.step == cfg.stage_end(stage_idx)
-                    every = cfg.training.eval_every
-                    if stage_done or (every and self.step % every == 0):
-                        ev = self._eval()
-                        self.metrics.write({"kind": "eval", **common, **ev, "time_s": self.time_s})
-                        write(f"[{cfg.name}] step {self.step}: val bpb {ev['val_bpb']:.4f} ({kind})")
-                        if stage_done:
-                            dense = ev if kind == "dense" else self._eval("dense")
-                            self.metrics.write(
-                                {"kind": "stage_end", **common, "time_s": self.time_s,
-                                 "val_bpb": ev["val_bpb"], "val_bpb_dense": dense["val_bpb"]}
-                            )
-                            if kind != "dense":
-                                write(f"[{cfg.name}] step {self.step}: val bpb {dense['val_bpb']:.4f} (same weights, dense)")
-                    every = cfg.training.checkpoint_every
-                    if stage_done or (every and self.step % every == 0) or self._stop_signal is not None:
-                        path = self.save()
-                        if self._stop_signal is not None:
-                            raise Interrupted(self._stop_signal, path)
-        finally:
-            bar.close()
-            self.metrics.close()
+        cfg, t = self.cfg, self.cfg.training
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(cfg.run_dir):
+            self._setup()
+            total = cfg.total_steps
+            if self.step >= total:
+                self.echo(f"[{cfg.name}] already finished ({self.step}/{total} steps)")
+                return RunResult(cfg.name, cfg.run_dir, stage_rows(cfg.run_dir), self.resumed_from)
+            self.echo(
+                f"[{cfg.name}] {self.model.num_params() / 1e6:.2f}M parameters, {total} steps of "
+                f"{cfg.tokens_per_step:,} tokens ({' -> '.join(f'{s.attention} x{s.steps}' for s in cfg.stages)}) "
+                f"on {self.device}, {len(self.data.files)} files"
+            )
+            show = t.progress if progress is None else progress
+            self.log = TrainLog(cfg.name, cfg.run_dir, total, self.step, show, self.echo)
+            try:
+                with self._signals():
+                    self._loop(total)
+            finally:
+                self.log.close()
         if self.data.stats.total:
             self.echo(f"[{cfg.name}] data: {self.data.stats.summary()}")
         return RunResult(cfg.name, cfg.run_dir, stage_rows(cfg.run_dir), self.resumed_from)
+
+    def _loop(self, total: int) -> None:
+        cfg, t = self.cfg, self.cfg.training
+        every = lambda n: n > 0 and self.step % n == 0  # noqa: E731
+        stage = None
+        while self.step < total:
+            stage = self._enter_stage(stage)
+            loss, grad_norm = self.stepper.step(self.step)  # device tensors: no sync here
+            self.step += 1
+            self.log.add_step(loss, grad_norm)
+
+            stage_done = self.step == cfg.stage_end(stage)
+            stopping = self._stop_signal is not None
+            due_eval = stage_done or every(t.eval_every)
+            due_save = stage_done or every(t.checkpoint_every) or stopping
+            if stage_done or every(t.log_every) or due_eval or due_save:
+                record = {**self._record(stage), "lr": lr_at(cfg, self.step - 1)}
+                self.time_s = self.log.flush(record, self.time_s, cfg.tokens_per_step)
+            if due_eval:
+                self._evaluate(stage, stage_done)
+            if due_save:
+                path = self.save()
+                if stopping:
+                    raise Interrupted(self._stop_signal, path)
+            if due_eval or due_save:
+                self.log.restart_clock()  # evaluation and checkpoints are not training time
 
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool | None = None, echo=print) -> RunResult:

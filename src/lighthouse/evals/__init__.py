@@ -1,0 +1,10 @@
+"""Evaluations of trained byte-level models; they need only a model callable `model(idx_BN) -> logits_BNV`.
+
+    bpb       validation bits-per-byte (and loss) over held-out windows (the trainer's metric)
+    position  validation bits-per-byte bucketed by position in the window (0-1K, 1K-4K, 4K-16K, ...)
+    passkey   passkey retrieval: a number hidden at a depth of filler text, decoded greedily;
+              accuracy by context length and depth, with a heat map
+
+`lighthouse eval --checkpoint RUN --task bpb|position|passkey` runs them on a checkpoint
+(`lighthouse.evals.run`). Each takes a model, data, a device and an autocast dtype.
+"""

@@ -1,0 +1,75 @@
+"""Metrics and progress: the trainer's log part.
+
+Per-step values (loss, gradient norm) arrive as device tensors and are kept as they are;
+`flush` reads them back to the host once per log interval (the only sync of the training
+loop), writes one `train` record to metrics.jsonl, checks them for NaN/Inf and updates the
+progress bar. Time is measured from flush to flush, so on a GPU it includes the queued work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from .metrics import MetricsWriter
+
+
+class TrainLog:
+    def __init__(self, name: str, run_dir, total_steps: int, initial_step: int, show: bool, echo=print):
+        from tqdm.auto import tqdm
+
+        self.name = name
+        self.metrics = MetricsWriter(run_dir)
+        self.bar = tqdm(total=total_steps, initial=initial_step, desc=name, unit="step", disable=not show,
+                        dynamic_ncols=True)
+        self.write = self.bar.write if show else echo
+        self._losses: list[torch.Tensor] = []
+        self._grad_norm: torch.Tensor | None = None
+        self._tok_s_ema: float | None = None
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Start timing training again (after evaluation or a checkpoint, which do not count)."""
+        self._t0 = time.perf_counter()
+
+    def add_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self._losses.append(loss)
+        self._grad_norm = grad_norm
+        self.bar.update(1)
+
+    @property
+    def pending(self) -> int:
+        return len(self._losses)
+
+    def flush(self, record: dict, time_s: float, tokens_per_step: int) -> float:
+        """Read back the steps since the last flush and write a `train` record.
+
+        `time_s` is the training time before these steps; returns it with their seconds added.
+        """
+        losses = torch.stack(self._losses).float().cpu()  # the sync
+        grad_norm = float(self._grad_norm)
+        dt = time.perf_counter() - self._t0
+        steps = len(self._losses)
+        self._losses = []
+        loss = float(losses.mean()) if steps > 1 else float(losses[0])
+        if not bool(torch.isfinite(losses).all()):
+            first_bad = record["step"] - steps + 1 + int((~torch.isfinite(losses)).nonzero()[0])
+            raise FloatingPointError(f"[{self.name}] loss is {loss} at step {first_bad}; lower optim.lr?")
+        tok_s = steps * tokens_per_step / dt if dt > 0 else math.inf
+        self._tok_s_ema = tok_s if self._tok_s_ema is None else 0.9 * self._tok_s_ema + 0.1 * tok_s
+        time_s += dt
+        self.metrics.write({"kind": "train", **record, "loss": loss, "grad_norm": grad_norm, "time_s": time_s,
+                            "tok_per_s": tok_s})
+        self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{self._tok_s_ema:,.0f}",
+                             stage=f"{record['stage'] + 1}:{record['attention']}")
+        self.restart_clock()
+        return time_s
+
+    def record(self, record: dict) -> None:
+        self.metrics.write(record)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.metrics.close()
