@@ -40,6 +40,35 @@ def plain_scores_dilated(q, k, v, dilation):
     return sq, sk
 
 
+def plain_scores_gla(q, k, v, log_gates, dilation):
+    """Gated linear attention in each residue class, written as the explicit sum.
+
+    o_t = sum over j = t, t-d, t-2d, ... >= 0 of exp(sum of log_gates at the class positions
+    after j, up to t) * (a_t . b_j) / sqrt(D) * v_j, with (a, b) = (q, k) for s_q and (k, q)
+    for s_k. log_gates: [B, H, N], one per query head.
+    """
+    B, H, N, D = q.shape
+    G = k.shape[1]
+    q, k, v = q.detach().double(), k.detach().double(), v.detach().double()
+    gates = log_gates.detach().double().expand(B, H, N).tolist()
+    sq = [[[0.0] * N for _ in range(H)] for _ in range(B)]
+    sk = [[[0.0] * N for _ in range(H)] for _ in range(B)]
+    for b in range(B):
+        for h in range(H):
+            g = h // (H // G)
+            for t in range(N):
+                js = list(range(t % dilation, t + 1, dilation))
+                decay, log_decay = [], 0.0
+                for j in reversed(js):  # the decay of j is the gates of the class positions after it
+                    decay.append(math.exp(log_decay))
+                    log_decay += gates[b][h][j]
+                w = torch.tensor(decay[::-1], dtype=torch.float64)
+                for a, bb, out in ((q[b, h], k[b, g], sq), (k[b, g], q[b, h], sk)):
+                    o = (w * (bb[js] @ a[t]) / math.sqrt(D)) @ v[b, g, js]
+                    out[b][h][t] = float(o.norm())
+    return sq, sk
+
+
 def plain_select_row(sq_base, sk_base, n_pad, levels, pooling, topk):
     """Kept entries (level, i, selected) of one (batch, head) row in causal order.
 
@@ -91,11 +120,12 @@ def rotate(x, pos, theta=10000.0):
     return x * ang.cos() + torch.cat([-x2, x1]) * ang.sin()
 
 
-def plain_lighthouse(q, k, v, levels, pooling, topk, scorer="norm", dilation=4, rope_theta=None):
+def plain_lighthouse(q, k, v, levels, pooling, topk, scorer="norm", dilation=4, rope_theta=None, log_gates=None):
     """Returns (output [B, H, N, D] float64, kept entries per (b, h) in order).
 
     q, k, v: float64 tensors (may require grad). rope_theta: None for pre-pool inputs, else
-    the window-end placement with RoPE of that theta.
+    the window-end placement with RoPE of that theta. log_gates: [B, H, N] (or broadcastable)
+    log-decays of the `gla` scorer.
     """
     B, H, N, D = q.shape
     G = k.shape[1]
@@ -107,6 +137,8 @@ def plain_lighthouse(q, k, v, levels, pooling, topk, scorer="norm", dilation=4, 
         n_pad = math.ceil(N / mult) * mult
     if scorer == "norm":
         sq, sk = plain_scores_norm(q, k)
+    elif scorer == "gla":
+        sq, sk = plain_scores_gla(q, k, v, log_gates, dilation)
     else:
         sq, sk = plain_scores_dilated(q, k, v, dilation)
     pad_score = -1e300

@@ -15,12 +15,18 @@ from lighthouse.trainer.data import (
     DataError,
     DataStats,
     DocStream,
+    FileGroup,
     PackedWindows,
     SourceFile,
+    byte_split_point,
     cap_bytes,
+    choose_val_split,
     decode,
     doc_is_val,
     expand_paths,
+    group_documents,
+    site_packages_files,
+    site_packages_roots,
     stdlib_files,
 )
 
@@ -221,3 +227,218 @@ def test_source_file_kinds():
 
     assert file_kind(Path("a.JSONL")) == "jsonl" and file_kind(Path("a.parquet")) == "parquet"
     assert file_kind(Path("a.py")) == "text" and isinstance(SourceFile(Path("a"), "a", "text"), SourceFile)
+
+
+# ---- corpora of few or long documents --------------------------------------------------------------
+def one_epoch(units, split, val_fraction, split_by, seed=0):
+    """The raw bytes of every document of one epoch of a split, in stream order."""
+    stream = DocStream(units, split, val_fraction, seed, epochs=1, split_by=split_by)
+    out = []
+    try:
+        while True:
+            _, ids = stream.next_doc()
+            assert ids[-1] == EOD_ID and (ids[:-1] < 256).all()
+            out.append(bytes(ids[:-1].astype(np.uint8)))
+    except StopIteration:
+        return out
+
+
+def write_long_file(path, n_lines=1500):
+    text = "".join(f"line {i}: café ✓ {'x' * (i % 7)}\n" for i in range(n_lines))
+    path.write_text(text, encoding="utf-8")
+    return path.read_bytes()
+
+
+def test_one_file_corpus_is_split_by_byte_ranges(tmp_path, caplog):
+    raw = write_long_file(tmp_path / "book.txt")
+    cfg = DataConfig(source="files", paths=[str(tmp_path / "book.txt")], seq_len=64, val_fraction=0.1, val_windows=4)
+    with caplog.at_level(logging.INFO, logger="lighthouse.data"):
+        data = ByteData(cfg, seed=0)
+    assert data.split_by == "bytes" and data.split_description.startswith("by byte ranges")
+    assert "hold out 0 of 1 documents" in data.split_description or "hold out 1 of 1" in data.split_description
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "byte ranges" in logged and "1 files" in logged and "train ~" in logged
+    # train is the head, validation the tail: disjoint and together the whole file
+    (head,), (tail,) = one_epoch(data.units, "train", 0.1, "bytes"), one_epoch(data.units, "val", 0.1, "bytes")
+    assert head + tail == raw and len(head) == byte_split_point(raw, 0.1)
+    assert 0.09 < len(tail) / len(raw) < 0.11
+    head.decode("utf-8"), tail.decode("utf-8")  # both halves stay valid text
+    # the stream trains on the head only, and the split does not depend on the seed
+    batch = data.train.next_batch(8)
+    stream = bytes(batch[0].tolist()) + b"".join(bytes(row[1:].tolist()) for row in batch[1:])  # windows overlap by 1
+    assert stream == head[: len(stream)]
+    other = ByteData(cfg, seed=7)
+    assert other.split_description == data.split_description
+    assert torch.equal(other.val_windows(), data.val_windows()) and data.val_windows().shape == (4, 65)
+    assert bytes(data.val_windows()[0, :64].tolist()) == tail[:64]
+    # the whole-document split alone cannot feed this corpus (the old failure)
+    with pytest.raises(DataError, match="no usable documents"):
+        for split in ("train", "val"):
+            DocStream(data.units, split, 0.1, 0).next_doc()
+
+
+def test_byte_split_point_keeps_characters_whole():
+    data = "é".encode() * 100  # 200 bytes of 2-byte characters
+    assert byte_split_point(data, 0.255) == 150  # int(149.0) is a continuation byte: moved forward
+    assert byte_split_point(data, 0.25) == 150
+    assert byte_split_point(b"abc", 0.5) == 1 and byte_split_point(b"", 0.5) == 0
+
+
+def test_auto_split_keeps_whole_documents_where_they_work(tmp_path):
+    for i in range(60):
+        (tmp_path / f"f{i:02d}.txt").write_text(f"document number {i} " * 20, encoding="utf-8")
+    cfg = DataConfig(source="files", paths=[str(tmp_path)], seq_len=32, val_fraction=0.2, val_windows=2)
+    data = ByteData(cfg, seed=3)
+    assert data.split_by == "documents" and data.split_description.startswith("by whole documents")
+    legacy = PackedWindows(DocStream(expand_paths([str(tmp_path)]), "train", 0.2, 3), seq_len=32)
+    assert all(np.array_equal(data.train.next_window(), legacy.next_window()) for _ in range(50))
+    # more validation windows than the held-out documents fill: byte ranges instead
+    many = DataConfig(source="files", paths=[str(tmp_path)], seq_len=32, val_fraction=0.2, val_windows=10_000)
+    assert ByteData(many, seed=3).split_by == "bytes"
+    # and the choice can be forced either way
+    units = expand_paths([str(tmp_path)])
+    assert choose_val_split(units, 0.2, 32, "bytes")[0] == "bytes"
+    assert choose_val_split(units, 0.2, 10**9, "documents")[0] == "documents"
+    assert choose_val_split(units, 0.2, 10**9, "auto")[0] == "bytes"
+
+
+def make_tree(root):
+    """A folder with packages, a sub-package, a top-level module and files to skip."""
+    files = {
+        "alpha/__init__.py": "A = 1\n",
+        "alpha/core.py": "def core():\n    return 2",  # no final newline
+        "alpha/sub/deep.py": "DEEP = 3\n",
+        "beta/mod.py": "B = 4\n",
+        "top.py": "TOP = 5\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    return files
+
+
+def test_folder_and_package_documents(tmp_path):
+    make_tree(tmp_path / "src")
+    files = expand_paths([str(tmp_path / "src")])
+    by_folder = group_documents(files, "folder")
+    assert [u.name for u in by_folder] == ["src/alpha", "src/alpha/sub", "src/beta", "src"]
+    by_package = group_documents(files, "package")
+    assert [u.name for u in by_package] == ["src/alpha", "src/beta", "src/top.py"]
+    alpha = by_package[0]
+    assert isinstance(alpha, FileGroup) and [f.name for f in alpha.files] == [
+        "src/alpha/__init__.py", "src/alpha/core.py", "src/alpha/sub/deep.py"]
+    assert isinstance(by_package[2], SourceFile)  # a top-level module is a document of its own
+    assert group_documents(files, "file") == files
+    # a group reads as one document: its files in path order, each starting on a new line
+    docs = sorted(one_epoch(by_package, "train", 1e-9, "documents"))
+    assert docs == sorted([b"A = 1\ndef core():\n    return 2\nDEEP = 3\n", b"B = 4\n", b"TOP = 5\n"])
+    cfg = DataConfig(source="files", paths=[str(tmp_path / "src")], document="package", seq_len=8, val_windows=1)
+    data = ByteData(cfg, seed=0)
+    assert data.document == "package" and data.describe()["documents"] == 3 and data.describe()["files"] == 5
+
+
+def test_site_packages_source(tmp_path, caplog):
+    site = tmp_path / "site-packages"
+    make_tree(site)
+    skipped = ["alpha/__pycache__/core.py", "alpha-1.0.dist-info/RECORD.py", ".hidden/x.py", "venv/site-packages/z.py"]
+    for rel in skipped + ["alpha/data.txt"]:
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text("SKIPPED = True\n", encoding="utf-8")
+    files = site_packages_files([site])
+    want = ["alpha/__init__.py", "alpha/core.py", "alpha/sub/deep.py", "beta/mod.py", "top.py"]
+    assert [f.name for f in files] == want
+    cfg = DataConfig(source="site-packages", paths=[str(site)], seq_len=8, val_windows=1, val_fraction=0.3)
+    with caplog.at_level(logging.INFO, logger="lighthouse.data"):
+        data = ByteData(cfg, seed=0)
+    assert data.document == "package" and [u.name for u in data.units] == ["alpha", "beta", "top.py"]
+    info = data.describe()
+    assert info["files"] == 5 and info["documents"] == 3 and info["bytes"] == sum(f.path.stat().st_size for f in files)
+    assert info["source"] == "site-packages" and info["split_description"] == data.split_description
+    assert info["train_bytes"] > 0 and info["val_bytes"] > 0
+    assert info["train_bytes"] + info["val_bytes"] <= info["bytes"]
+    assert any("5 files" in r.getMessage() and "3 documents" in r.getMessage() for r in caplog.records)
+    # every held-out byte is outside the training stream of one epoch
+    split = data.split_by
+    train, val = one_epoch(data.units, "train", 0.3, split), one_epoch(data.units, "val", 0.3, split)
+    assert train and val and not set(train) & set(val)
+    assert data.val_windows().shape == (1, 9)
+    with pytest.raises(DataError, match="not found"):
+        site_packages_files([tmp_path / "missing"])
+    assert all(r.is_dir() for r in site_packages_roots())  # lists folders, reads nothing
+
+
+def test_epoch_tokens_bound_the_real_count(tmp_path):
+    make_tree(tmp_path / "src")
+    (tmp_path / "src" / "empty.txt").write_bytes(b"")  # counted by size, skipped when read
+    (tmp_path / "src" / "book.txt").write_bytes(write_long_file(tmp_path / "book.txt", 300))
+    for document in ("file", "package"):
+        for split in ("documents", "bytes"):
+            cfg = DataConfig(source="files", paths=[str(tmp_path / "src")], document=document, val_split=split,
+                             seq_len=16, val_windows=1, val_fraction=0.25)
+            data = ByteData(cfg, seed=0)
+            cheap, exact = data.describe(), data.describe(exact=True)
+            assert cheap["tokens_bound"] == "upper bound" and exact["tokens_bound"] == "exact"
+            epoch = sum(len(d) + 1 for d in one_epoch(data.units, "train", 0.25, split))
+            assert exact["train_tokens_per_epoch"] == epoch <= cheap["train_tokens_per_epoch"]
+            assert cheap["train_tokens_per_epoch"] < epoch + 8 * len(data.units)  # a tight bound
+            assert data.epoch_budget_warning(epoch // 2) is None
+            warning = data.epoch_budget_warning(10 * cheap["train_tokens_per_epoch"])
+            assert warning is not None and "repeats" in warning and "upper bound" in warning
+
+
+def test_resume_position_with_long_documents(tmp_path):
+    make_tree(tmp_path / "src")
+    for i in range(6):
+        make_tree(tmp_path / "src" / f"pkg{i}")
+    units = group_documents(expand_paths([str(tmp_path / "src")]), "package")
+    assert any(isinstance(u, FileGroup) and len(u.files) > 3 for u in units)
+
+    def packer():
+        return PackedWindows(DocStream(units, "train", 0.2, 5, split_by="bytes"), seq_len=16)
+
+    p = packer()
+    windows = [p.next_window() for _ in range(60)]  # several epochs
+    for cut in (0, 3, 11, 37):
+        q = packer()
+        for _ in range(cut):
+            q.next_window()
+        r = packer()
+        r.load_state_dict(json.loads(json.dumps(q.state_dict())))
+        assert all(np.array_equal(r.next_window(), windows[cut + i]) for i in range(15))
+    # the same through ByteData, as a checkpoint does it
+    cfg = DataConfig(source="files", paths=[str(tmp_path / "src")], document="package", seq_len=16, val_windows=1)
+    a = ByteData(cfg, seed=1)
+    a.train.next_batch(5)
+    state = json.loads(json.dumps(a.state_dict()))
+    b = ByteData(cfg, seed=1)
+    b.load_state_dict(state)
+    assert torch.equal(a.train.next_batch(7), b.train.next_batch(7))
+
+
+def test_data_options_are_validated():
+    from lighthouse.trainer.config import ConfigError, load_config
+
+    cfg = load_config(None, ["data.source=site-packages", "data.document=folder", "data.val_split=bytes"])
+    assert (cfg.data.source, cfg.data.document, cfg.data.val_split) == ("site-packages", "folder", "bytes")
+    with pytest.raises(ConfigError, match="'data.document'"):
+        load_config(None, ["data.document=chapter"])
+    with pytest.raises(ConfigError, match="'data.val_split'"):
+        load_config(None, ["data.val_split=random"])
+    with pytest.raises(ConfigError, match="'data.source'"):
+        load_config(None, ["data.source=web"])
+
+
+def test_one_file_corpus_trains(tmp_path):
+    from lighthouse.trainer.config import config_from_dict
+    from lighthouse.trainer.loop import train
+
+    write_long_file(tmp_path / "book.txt")
+    cfg = config_from_dict({
+        "name": "one-file", "out_dir": str(tmp_path / "runs"),
+        "model": {"dim": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64},
+        "data": {"source": "files", "paths": [str(tmp_path / "book.txt")], "seq_len": 64, "val_windows": 2},
+        "training": {"batch_size": 2, "progress": False, "threads": 1, "eval_every": 0, "checkpoint_every": 0},
+        "stages": [{"attention": "dense", "steps": 2}],
+    })
+    result = train(cfg, echo=lambda *a: None)
+    assert [r["stage"] for r in result.rows] == [1] and 0 < result.rows[0]["val_bpb"] < 10

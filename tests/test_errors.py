@@ -30,6 +30,9 @@ KW = dict(levels=2, pooling=2, topk=128)
         (lambda q, k, v: (q.index_fill(2, torch.tensor([5]), float("nan")), k, v), ValueError, r"q contains NaN or Inf"),
         (lambda q, k, v: (q, k, v.index_fill(2, torch.tensor([5]), float("inf"))), ValueError, r"v contains NaN or Inf"),
         (lambda q, k, v: (q, k.to("meta"), v), ValueError, r"one device"),
+        (lambda q, k, v: (q[:, :0], k, v), ValueError, r"empty input.*every dim must be >= 1"),
+        (lambda q, k, v: (q, k[:, :0], v[:, :0]), ValueError, r"empty input"),
+        (lambda q, k, v: (q[..., :0], k[..., :0], v[..., :0]), ValueError, r"empty input"),
     ],
 )
 def test_bad_tensors(make, exc, match):
@@ -49,7 +52,7 @@ def test_bad_tensors(make, exc, match):
         (dict(levels=2.0), TypeError, r"levels must be an int"),
         (dict(topk=True), TypeError, r"topk must be an int"),
         (dict(scorer="nope"), ValueError, r"unknown scorer 'nope'"),
-        (dict(scorer="gla"), ValueError, r"scorer='gla' is not implemented"),
+        (dict(scorer="gla"), ValueError, r"scorer 'gla' needs its gates: pass scorer_context"),
         (dict(scorer=3), TypeError, r"scorer must be a name"),
         (dict(topk=1024), ValueError, r"N=1024 is too short.*need N >= .* 2048"),
         (dict(levels=4, pooling=4, topk=128), ValueError, r"too short.*8192"),
@@ -99,3 +102,13 @@ def test_finite_check_can_be_turned_off():
     q[0, 0, 7, 0] = float("nan")
     out = lighthouse_attention(q, k, v, check_finite=False, **KW)
     assert out.isnan().any()  # documented: garbage in, NaN out, no exception
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_large_finite_inputs_are_not_called_infinite(levels):
+    """Values whose sum overflows float32 are still finite: the check must not reject them."""
+    q, k, v = qkv()
+    v = torch.full_like(v, 1e35)  # 8192 x 1e35 overflows a float32 sum
+    out = lighthouse_attention(q, k, v, levels=levels, pooling=2, topk=128)
+    assert torch.isfinite(out).all()
+

@@ -163,3 +163,23 @@ def test_meta_build_then_materialize_equals_eager(tie):
     x = tokens()
     with torch.no_grad():
         assert torch.equal(eager(x), lazy(x))
+
+
+@pytest.mark.parametrize("kind", ["dense", "lighthouse"])
+def test_activation_checkpointing_changes_no_loss_or_gradient(kind):
+    model = make()
+    model.set_attention(kind)
+    x = tokens()
+    results = []
+    for recompute in (False, True):
+        model.activation_checkpointing = recompute
+        model.zero_grad(set_to_none=True)
+        loss = model(x, x)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert torch.equal(grads_a[name], grads_b[name]), name
+

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .config import LighthouseConfig
 from .layers import ATTENTION_KINDS, ROPE_PLACEMENTS, build_attention
@@ -144,6 +145,9 @@ class Transformer(nn.Module):
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self._rope_cache: dict = {}
+        # Recompute each block's activations in the backward pass instead of storing them
+        # (training memory ~ one block instead of all); the selection is recomputed identically.
+        self.activation_checkpointing = False
         if self.output.weight.device.type != "meta":
             self.reset_parameters()
 
@@ -205,8 +209,12 @@ class Transformer(nn.Module):
         """Logits [B, N, V]; or, with targets, the mean cross-entropy (nats per token)."""
         rope = self.rope(idx_BN.shape[1], idx_BN.device)
         x_BNE = self.tok_embeddings(idx_BN)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.layers:
-            x_BNE = block(x_BNE, rope)
+            if recompute:
+                x_BNE = torch.utils.checkpoint.checkpoint(block, x_BNE, rope, use_reentrant=False)
+            else:
+                x_BNE = block(x_BNE, rope)
         logits_BNV = self.output(self.norm(x_BNE))
         if targets_BN is None:
             return logits_BNV

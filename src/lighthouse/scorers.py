@@ -7,7 +7,8 @@ A scorer maps the base q, k, v of one layer to two scores per base token:
 Scores are computed without gradient (selection is gradient-free) and returned as float32.
 The pyramid max-pools them (spec §1), so a scorer only ever sees base tokens.
 
-To add a scorer (e.g. `gla`, which needs a gate computed from the layer input), subclass
+`gla` (lighthouse/gla.py) needs gates computed from the layer input, passed as context.
+To add a scorer, subclass
 `Scorer`, implement `score`, and either pass an instance as `scorer=` or call
 `register_scorer("name", factory)`. Anything extra the scorer needs arrives through the
 `context` argument of `lighthouse_attention(..., scorer_context=...)`.
@@ -87,9 +88,16 @@ class DilatedScorer(Scorer):
         return self._from_residue(out_qk.norm(dim=-1), N), self._from_residue(out_kq.norm(dim=-1), N)
 
 
+def _gla_scorer() -> Scorer:
+    from .gla import GLAScorer  # imported on use: lighthouse.gla imports this module
+
+    return GLAScorer()
+
+
 _REGISTRY: dict[str, Callable[[], Scorer]] = {
     "norm": NormScorer,
     "dilated": DilatedScorer,
+    "gla": _gla_scorer,
 }
 
 
@@ -107,11 +115,6 @@ def get_scorer(scorer) -> Scorer:
     if isinstance(scorer, Scorer):
         return scorer
     if isinstance(scorer, str):
-        if scorer == "gla" and "gla" not in _REGISTRY:
-            raise ValueError(
-                "scorer='gla' is not implemented yet (it needs flash-linear-attention and a gate "
-                "projection); use 'norm' or 'dilated', or register one with register_scorer('gla', ...)"
-            )
         if scorer not in _REGISTRY:
             raise ValueError(f"unknown scorer {scorer!r}; available: {', '.join(available_scorers())}")
         return _REGISTRY[scorer]()

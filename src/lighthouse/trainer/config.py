@@ -54,7 +54,8 @@ class DataConfig:
     # folder under a root); "auto": "package" for source = "site-packages", else "file".
     document: str = "auto"
     # "documents" (whole documents by hash of name), "bytes" (every document's last val_fraction
-    # of bytes), "auto": "documents" unless either split would not fill one window, then "bytes".
+    # of bytes), "auto": "documents" unless its held-out documents would not fill val_windows
+    # windows (or the rest one window), then "bytes".
     val_split: str = "auto"
 
 
@@ -78,6 +79,7 @@ class TrainingConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 autocast on cuda, float32 elsewhere
     compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
     deterministic: bool = True  # torch.use_deterministic_algorithms (CPU runs are bitwise repeatable)
     threads: int = 0  # torch CPU threads; 0: torch's default
     log_every: int = 10  # steps between metrics lines (the only places the loss is read back from the GPU)

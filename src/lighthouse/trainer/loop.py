@@ -152,6 +152,7 @@ class Trainer:
         random.seed(t.seed)
         np.random.seed(t.seed)
         self.model = build_model(cfg, self.device)
+        self.model.activation_checkpointing = t.activation_checkpointing
         self.optimizer = build_optimizer(cfg, self.model, self.device)
         self.data = ByteData(cfg.data, t.seed)
         self.step, self.time_s = 0, 0.0
@@ -251,8 +252,12 @@ class Trainer:
             self.echo(
                 f"[{cfg.name}] {self.model.num_params() / 1e6:.2f}M parameters, {total} steps of "
                 f"{cfg.tokens_per_step:,} tokens ({' -> '.join(f'{s.attention} x{s.steps}' for s in cfg.stages)}) "
-                f"on {self.device}, {len(self.data.files)} files"
+                f"on {self.device}"
             )
+            self.echo(f"[{cfg.name}] data: {self.data.summary()}; {self.data.split_description}")
+            repeats = self.data.epoch_budget_warning(cfg.total_steps * cfg.tokens_per_step)
+            if repeats:
+                self.echo(f"[{cfg.name}] warning: {repeats}")
             show = t.progress if progress is None else progress
             self.log = TrainLog(cfg.name, cfg.run_dir, total, self.step, show, self.echo)
             try:
