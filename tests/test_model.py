@@ -183,3 +183,64 @@ def test_activation_checkpointing_changes_no_loss_or_gradient(kind):
     for name in grads_a:
         assert torch.equal(grads_a[name], grads_b[name]), name
 
+
+def test_gla_gates_live_in_lighthouse_layers_and_never_train(tmp_path):
+    from lighthouse.trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    gla = LighthouseConfig(levels=2, pooling=2, topk=128, scorer="gla")
+    model = make(lighthouse=gla)
+    assert [b.attention.wg is not None for b in model.layers] == [False, True, True]  # layer 0 is dense
+    assert all(b.attention.wg is None for b in make().layers)  # norm scorer: no gates
+    wg = model.layers[1].attention.wg
+    assert not wg.weight.requires_grad and torch.equal(wg.bias, torch.zeros_like(wg.bias))
+    assert 0.005 < float(wg.weight.std()) < 0.04  # N(0, 0.02), truncated
+    model.set_attention("lighthouse")
+    x = tokens(n=4 * N)  # 512 coarse entries for 128 picks: the scores decide (at N every entry is picked)
+    loss = model(x, x)
+    loss.backward()
+    assert wg.weight.grad is None
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # The gates reach the scorer: other gate weights select differently, in Lighthouse layers only.
+    with torch.no_grad():
+        before = model(x)
+        dense_before = (model.set_attention("dense"), model(x))[1]
+        for block in model.layers[1:]:
+            block.attention.wg.weight.mul_(-50.0)
+        dense_after = model(x)
+        model.set_attention("lighthouse")
+        after = model(x)
+    assert not torch.equal(before, after)
+    assert torch.equal(dense_before, dense_after)
+    # Saved with the weights; a model without gates refuses the checkpoint by name.
+    path = save_checkpoint(tmp_path, 1, model, {"step": 1})
+    again = make(lighthouse=gla)
+    load_checkpoint(path, again)
+    assert torch.equal(again.layers[1].attention.wg.weight, model.layers[1].attention.wg.weight)
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(path, make())
+
+
+def test_gla_model_builds_on_meta_like_eager():
+    gla = LighthouseConfig(levels=2, pooling=2, topk=128, scorer="gla")
+    torch.manual_seed(5)
+    eager = Transformer(ModelArgs(**SMALL), gla)
+    torch.manual_seed(5)
+    with torch.device("meta"):
+        lazy = Transformer(ModelArgs(**SMALL), gla)
+    lazy.materialize("cpu")
+    for (name, a), (_, b) in zip(eager.state_dict().items(), lazy.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_gla_ablation_config_loads():
+    from pathlib import Path
+
+    from lighthouse.trainer.config import load_config
+    from lighthouse.trainer.loop import build_model
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "ablations" / "scorer-gla.toml")
+    assert cfg.lighthouse.scorer == "gla"
+    model = build_model(cfg, "meta")
+    dense = cfg.model.dense_layer_set()
+    assert all((b.attention.wg is not None) == (i not in dense) for i, b in enumerate(model.layers))
+

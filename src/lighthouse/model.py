@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from .config import LighthouseConfig
+from .gla import GLAScorer, gla_log_gates, init_gate_projection
 from .layers import ATTENTION_KINDS, ROPE_PLACEMENTS, build_attention
 from .rope import rope_tables
 
@@ -82,9 +83,14 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """q, k, v, o projections around an attention module (`self.core`, from `lighthouse.layers`)."""
+    """q, k, v, o projections around an attention module (`self.core`, from `lighthouse.layers`).
 
-    def __init__(self, args: ModelArgs):
+    With the `gla` scorer, a layer that can run Lighthouse also owns its gate projection `wg`
+    (model dim -> one log-decay per query head). Selection is gradient-free, so `wg` never
+    trains: it is frozen at its initialization, as in the paper's code, and saved with the weights.
+    """
+
+    def __init__(self, args: ModelArgs, gla_gate: bool = False):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
@@ -92,6 +98,8 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
         self.core: nn.Module = build_attention("dense")  # replaced by Transformer.set_attention
+        # Initialized by Transformer.reset_parameters (lighthouse.gla.init_gate_projection).
+        self.wg = nn.Linear(args.dim, args.n_heads, bias=True).requires_grad_(False) if gla_gate else None
 
     @property
     def kind(self) -> str:
@@ -102,7 +110,8 @@ class Attention(nn.Module):
         q_BHND = self.wq(x_BNE).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)
         k_BGND = self.wk(x_BNE).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v_BGND = self.wv(x_BNE).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        o_BHND = self.core(q_BHND, k_BGND, v_BGND, rope=rope)
+        gates = gla_log_gates(x_BNE, self.wg) if self.wg is not None and self.kind == "lighthouse" else None
+        o_BHND = self.core(q_BHND, k_BGND, v_BGND, rope=rope, context=gates)
         return self.wo(o_BHND.transpose(1, 2).reshape(B, N, -1))
 
 
@@ -120,10 +129,10 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, gla_gate: bool = False):
         super().__init__()
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
-        self.attention = Attention(args)
+        self.attention = Attention(args, gla_gate)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args.dim, args.ffn_hidden)
 
@@ -139,7 +148,9 @@ class Transformer(nn.Module):
         self.args = args
         self.lighthouse = lighthouse if lighthouse is not None else LighthouseConfig()
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        gla = self.lighthouse.scorer == "gla" or isinstance(self.lighthouse.scorer, GLAScorer)
+        dense = args.dense_layer_set()
+        self.layers = nn.ModuleList(Block(args, gla_gate=gla and i not in dense) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
@@ -188,12 +199,17 @@ class Transformer(nn.Module):
         std = self.args.init_std
         out_std = std / math.sqrt(2 * self.args.n_layers)  # residual projections (GPT-2 style)
         for name, p in self.named_parameters():
+            if ".wg." in name:  # frozen gla gates: their own initialization, below
+                continue
             if p.dim() < 2:
                 nn.init.ones_(p)  # RMSNorm weights
             elif name.endswith(("wo.weight", "w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=out_std)
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
+        for block in self.layers:
+            if block.attention.wg is not None:
+                init_gate_projection(block.attention.wg)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied weight counts once

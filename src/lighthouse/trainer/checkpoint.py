@@ -106,7 +106,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, stat
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / _step_name(step)
-    if not is_complete(final):
+    if not _is_good(final):  # a good checkpoint of this step (a re-save after resume) stays as it is
         tmp = root / f".tmp-{_step_name(step)}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -120,13 +120,21 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, stat
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         _fsync(tmp / "meta.json")
         _fsync(tmp)
-        if final.exists():  # an incomplete folder of that name cannot be a good checkpoint
+        if final.exists():  # an incomplete or damaged folder of that name
             _remove(final)
         os.replace(tmp, final)
         _fsync(root)
     write_atomic(root / "latest", final.name + "\n")
     _prune(root, keep, current=final)
     return final
+
+
+def _is_good(path: Path) -> bool:
+    try:
+        verify_checkpoint(path)
+        return True
+    except CheckpointError:
+        return False
 
 
 def _remove(path: Path) -> None:
@@ -236,6 +244,9 @@ def load_weights(path: Path, model: torch.nn.Module, device="cpu") -> None:
         load_model(model, str(f), strict=True, device=str(device))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{f}: cannot be read ({e})") from None
+    except RuntimeError as e:  # missing or unexpected weights: another architecture's checkpoint
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
+        raise CheckpointError(f"{f}: does not fit this model ({detail})") from None
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module | None = None, device="cpu", verify: bool = True) -> dict:

@@ -35,7 +35,8 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) -
     """AdamW; weight decay on matrices and embeddings, not on norm weights. Fused on CUDA."""
     decay, no_decay = [], []
     for p in model.parameters():
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        if p.requires_grad:  # frozen weights (the gla gates) are not optimized, nor decayed
+            (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
