@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from lighthouse.cli import main
 from lighthouse.model import ModelArgs, Transformer

@@ -18,9 +18,8 @@ Legend: B batch, H query heads, G key/value heads, N sequence length, D head dim
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-import torch
 import torch.nn.functional as F
 
 

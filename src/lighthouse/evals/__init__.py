@@ -6,5 +6,6 @@
               accuracy by context length and depth, with a heat map
 
 `lighthouse eval --checkpoint RUN --task bpb|position|passkey` runs them on a checkpoint
-(`lighthouse.evals.run`). Each takes a model, data, a device and an autocast dtype.
+(`lighthouse.eval_tasks`). Each takes a model, data, a device and an autocast dtype; none
+imports the trainer (`common.py`: autocast and eval mode, shared by all).
 """

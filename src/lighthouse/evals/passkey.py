@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .position import autocast, eval_mode
+from .common import autocast, eval_mode
 
 HEADER = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "

@@ -12,7 +12,6 @@ Legend: W windows, B micro-batch, N window length (inputs), V vocabulary.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from pathlib import Path
@@ -21,26 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import BYTE_VOCAB
-
-
-def autocast(device: torch.device | str, dtype: torch.dtype | None):
-    """Autocast to `dtype` on `device`, or nothing for None (plain float32)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """nn.Modules in eval mode for the duration (restored after); plain callables as they are."""
-    was_training = getattr(model, "training", None)
-    if was_training is not None:
-        model.eval()
-    try:
-        yield
-    finally:
-        if was_training is not None:
-            model.train(was_training)
+from .common import autocast, eval_mode
 
 
 def bucket_edges(n: int, first: int = 1024, factor: int = 4) -> list[int]:

@@ -18,7 +18,6 @@ covered by exactly one entry per level, (l, t // c_l); with the inverse map slot
 from __future__ import annotations
 
 import torch
-
 import triton
 import triton.language as tl
 
@@ -35,6 +34,7 @@ from .utils import (
     store_rows,
     tl_dtype,
 )
+
 
 @triton.jit
 def _rope_tables(cos_ptr, sin_ptr, scn, scd, tpos, rmask, cols, cmask, HALF, ACC: tl.constexpr):

@@ -16,7 +16,6 @@ computed per level from the selection's lists, one row per kept entry.
 from __future__ import annotations
 
 import torch
-
 import triton
 import triton.language as tl
 

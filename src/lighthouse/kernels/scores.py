@@ -19,7 +19,6 @@ Reference (what the kernel computes), per row-block:
 from __future__ import annotations
 
 import torch
-
 import triton
 import triton.language as tl
 

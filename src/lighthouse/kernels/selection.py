@@ -32,7 +32,6 @@ Outputs per (b, h):
 from __future__ import annotations
 
 import torch
-
 import triton
 import triton.language as tl
 

@@ -10,8 +10,17 @@
     plot.py        loss against tokens and wall-clock
 """
 
-from .config import Config, ConfigError, DataConfig, OptimConfig, StageConfig, TrainingConfig, baseline_config, load_config
 from ..evals.bpb import evaluate
+from .config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    OptimConfig,
+    StageConfig,
+    TrainingConfig,
+    baseline_config,
+    load_config,
+)
 from .loop import RunResult, Trainer, train
 from .stepper import lr_at
 

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ..evals.bpb import autocast
+from ..evals.common import autocast
 from .config import Config
 
 

@@ -1,4 +1,5 @@
-"""`lighthouse eval --task position|passkey`: run one evaluation on a loaded checkpoint.
+"""`lighthouse eval --task position|passkey`: the command-line glue that runs one evaluation of
+`lighthouse.evals` on a loaded checkpoint.
 
 Prints a table, and with an output folder writes `<task>.json` (the results) and `<task>.png`.
 """
@@ -8,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..trainer.config import ConfigError
-from .passkey import DEFAULT_DEPTHS, format_passkey_table, min_prompt_length, passkey_eval, plot_passkey_heatmap
-from .position import format_position_table, plot_position_bpb, pooled_bpb, position_bpb
+from .evals.passkey import DEFAULT_DEPTHS, format_passkey_table, min_prompt_length, passkey_eval, plot_passkey_heatmap
+from .evals.position import format_position_table, plot_position_bpb, pooled_bpb, position_bpb
+from .trainer.config import ConfigError
 
 TASKS = ("bpb", "position", "passkey")
 
@@ -52,7 +53,7 @@ def run_task(
     least lighthouse.min_seq_len). title: a line naming the checkpoint, printed first.
     """
     if task == "position":
-        from ..trainer.data import ByteData
+        from .trainer.data import ByteData
 
         windows = ByteData(cfg.data, cfg.training.seed).val_windows()
         buckets = position_bpb(model, windows, device, amp_dtype, cfg.micro_batch)
