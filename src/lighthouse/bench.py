@@ -11,6 +11,14 @@ It prints a table with the ratios against dense SDPA and against the floor, the 
 time alone, and writes everything (command, device, date, versions) to JSON.
 
 `profile` prints the per-kernel CUDA time of one fast-path forward+backward (torch.profiler).
+
+`scorers` times the forward of the score computation alone for the `norm`, `dilated` and
+`gla` scorers (`Scorer.score`, no gradient), and next to it the whole Lighthouse forward with
+each scorer and dense causal SDPA's forward at the same N (N = 32K, 128K, 512K by default,
+B=1, H=G=8, D=128, bf16, L=3, p=4, K=2048), and writes JSON. On CUDA with
+flash-linear-attention installed, `gla` uses fla and `gla_torch` times the PyTorch chunked
+form too. It also runs on CPU at small N as a smoke test:
+`python -m lighthouse.bench scorers --device cpu --seq-lens 4096 --levels 2 --pooling 2 --topk 128`.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from .bench_train import add_parser as add_train_parser
+from .bench_train import main_train
 
 K1 = 1024
 LENGTHS = [32 * K1, 64 * K1, 128 * K1, 256 * K1, 512 * K1]
@@ -144,7 +155,6 @@ def bench_attention(lengths, configs, B=1, H=8, G=8, D=128, dtype=torch.bfloat16
                 sq, sk, *_ = FP.norm_scores(q, k, v, L, p, n_pad)
                 row["scores"] = time_cuda(lambda: FP.norm_scores(q, k, v, L, p, n_pad), budget_s=budget_s)
                 row["selection"] = time_cuda(lambda: FP.select(sq, sk, L, p, K, n_pad), budget_s=budget_s)
-                del sq, sk
             if S not in floor_cache:
                 qs, ks, vs, gs = _inputs(B, H, G, S, D, dtype, seed=1)
                 floor_cache[S] = _measure(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True),
@@ -165,7 +175,7 @@ def bench_attention(lengths, configs, B=1, H=8, G=8, D=128, dtype=torch.bfloat16
             rows.append(row)
             log(_format_row(row) if "skipped" not in row else
                 f"L={row['levels']} K={row['topk']} N={N}: skipped ({row['skipped']})")
-        del q, k, v, g
+        q = k = v = g = None  # free this length's inputs before the next one is allocated
         torch.cuda.empty_cache()
         if dense.get("fwd_bwd", {}).get("median_ms", 0) > 500:
             time.sleep(5)  # let the card cool down after long dense runs
@@ -283,6 +293,141 @@ def profile_fast(N: int, levels: int, pooling: int, topk: int, B=1, H=8, G=8, D=
     return result
 
 
+SCORER_LENGTHS = [32 * K1, 128 * K1, 512 * K1]
+
+
+def time_any(fn, device: torch.device, budget_s: float = 10.0) -> dict:
+    """`time_cuda` on CUDA; on CPU the same statistics from wall-clock time (for smoke tests)."""
+    if device.type == "cuda":
+        return time_cuda(fn, budget_s=budget_s)
+    fn()  # warm-up
+    times = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < 3 or (len(times) < 20 and time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "reps": len(times)}
+
+
+def _timed_or_oom(fn, device, budget_s) -> dict:
+    try:
+        return time_any(fn, device, budget_s)
+    except torch.cuda.OutOfMemoryError:
+        return {"error": "OOM"}
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+@torch.no_grad()
+def bench_scorers(lengths, levels=3, pooling=4, topk=2048, B=1, H=8, G=8, D=128, dtype=torch.bfloat16,
+                  device=None, budget_s=10.0, log=print) -> list[dict]:
+    """Forward latency of each scorer's `score` alone, of the Lighthouse forward with it, and of dense SDPA."""
+    from lighthouse.gla import GLAScorer, fla_available
+    from lighthouse.scorers import DilatedScorer, NormScorer
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with_fla = device.type == "cuda" and fla_available()
+    scorers = {"norm": NormScorer(), "dilated": DilatedScorer(), "gla": GLAScorer()}
+    if with_fla:  # "gla" runs fla's chunk_simple_gla; time the PyTorch chunked form as well
+        scorers["gla_torch"] = GLAScorer(backend="torch")
+    rows = []
+    for N in lengths:
+        row = {"N": N, "B": B, "H": H, "G": G, "D": D, "dtype": str(dtype), "device": str(device),
+               "levels": levels, "pooling": pooling, "topk": topk, "gla_backend": "fla" if with_fla else "torch"}
+        row.update(_bench_scorers_at(N, scorers, row, device, dtype, budget_s))
+        rows.append(row)
+        log(_format_scorer_row(row))
+    return rows
+
+
+def _bench_scorers_at(N, scorers, settings, device, dtype, budget_s) -> dict:
+    """One sequence length (its inputs are freed on return)."""
+    from lighthouse import LighthouseConfig, lighthouse_attention
+    from lighthouse.attention import dense_causal_attention
+    from lighthouse.gla import gla_log_gates, make_gate_projection
+
+    B, H, G, D = (settings[key] for key in ("B", "H", "G", "D"))
+    L, p, K = settings["levels"], settings["pooling"], settings["topk"]
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(B, heads, N, D, device=device, dtype=dtype, generator=gen) for heads in (H, G, G))
+    # Gates as a gla layer makes them: W_g at its (never trained) init applied to a layer input.
+    gate = make_gate_projection(H * D, H, generator=gen, device=device, dtype=dtype)
+    log_gates = gla_log_gates(torch.randn(B, N, H * D, device=device, dtype=dtype, generator=gen), gate)
+    contexts = {name: log_gates if name.startswith("gla") else None for name in scorers}
+    result = {"scores": {}, "lighthouse_fwd": {}}
+    for name, scorer in scorers.items():
+        result["scores"][name] = _timed_or_oom(
+            lambda s=scorer, c=contexts[name]: s.score(q, k, v, context=c), device, budget_s)
+    min_len = LighthouseConfig(L, p, K).min_seq_len
+    if N < min_len:
+        result["lighthouse_skipped"] = f"N < min_seq_len = {min_len}"
+    for name, scorer in scorers.items():
+        if N >= min_len:
+            result["lighthouse_fwd"][name] = _timed_or_oom(
+                lambda s=scorer, c=contexts[name]: lighthouse_attention(
+                    q, k, v, levels=L, pooling=p, topk=K, scorer=s, scorer_context=c),
+                device, budget_s)
+    result["dense_fwd"] = _timed_or_oom(lambda: dense_causal_attention(q, k, v), device, budget_s)
+    return result
+
+
+def _len_label(N: int) -> str:
+    return f"{N // K1}K" if N % K1 == 0 else str(N)
+
+
+def _format_scorer_row(row) -> str:
+    f = lambda e: "n/a" if not e else ("OOM" if "error" in e else f"{e['median_ms']:.2f}")  # noqa: E731
+    scores = " ".join(f"{name} {f(e)}" for name, e in row["scores"].items())
+    if row["lighthouse_fwd"]:
+        full = " ".join(f"{name} {f(e)}" for name, e in row["lighthouse_fwd"].items())
+    else:
+        full = f"skipped ({row.get('lighthouse_skipped')})"
+    dense = f(row["dense_fwd"])
+    return f"N={_len_label(row['N'])}: scores ms: {scores} | lighthouse fwd ms: {full} | dense fwd ms: {dense}"
+
+
+def print_scorer_table(rows, out=sys.stdout) -> None:
+    """Markdown table: forward latencies in ms (median); scores alone and the whole layer."""
+    names = list(rows[0]["scores"]) if rows else []
+    cols = ["N"] + [f"{n} scores" for n in names] + [f"lighthouse fwd ({n})" for n in names] + ["dense fwd"]
+    print("| " + " | ".join(cols) + " |", file=out)
+    print("|" + "|".join(["---"] * len(cols)) + "|", file=out)
+    f = lambda e: "–" if not e else ("OOM" if "error" in e else f"{e['median_ms']:.2f}")  # noqa: E731
+    for row in rows:
+        cells = [_len_label(row["N"])] + [f(row["scores"][n]) for n in names]
+        cells += [f(row["lighthouse_fwd"].get(n)) for n in names] + [f(row["dense_fwd"])]
+        print("| " + " | ".join(cells) + " |", file=out)
+
+
+def main_scorers(args, argv) -> int:
+    lengths = SCORER_LENGTHS if not args.seq_lens else [int(x) for x in args.seq_lens.split(",")]
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
+    rows = bench_scorers(lengths, args.levels, args.pooling, args.topk, H=args.heads, G=args.kv_heads,
+                         D=args.head_dim, dtype=dtype, device=args.device, budget_s=args.budget)
+    result = {
+        "command": "python -m lighthouse.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "timing": "forward only, no gradient; median of repeats (CUDA events on CUDA, wall clock on CPU), "
+                  "warm-up excluded; 'scores' is Scorer.score alone (the PyTorch scorers; the fast path's fused "
+                  "norm kernel is timed by the attention benchmark)",
+        "rows": rows,
+    }
+    import os
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print()
+    device = rows[0]["device"] if rows else "?"
+    print(f"device: {device} {result['versions'].get('device', '')}  torch {torch.__version__}")
+    print_scorer_table(rows)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lighthouse.bench", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -298,7 +443,24 @@ def main(argv=None) -> int:
     pr.add_argument("--levels", type=int, default=3)
     pr.add_argument("--pooling", type=int, default=4)
     pr.add_argument("--topk", type=int, default=2048)
+    sc = sub.add_parser("scorers", help="norm / dilated / gla scores alone, the Lighthouse forward and dense SDPA")
+    sc.add_argument("--out", default="bench_results/scorers.json", help="JSON output path")
+    sc.add_argument("--seq-lens", type=str, default=None, help="comma-separated N (default 32768,131072,524288)")
+    sc.add_argument("--levels", type=int, default=3)
+    sc.add_argument("--pooling", type=int, default=4)
+    sc.add_argument("--topk", type=int, default=2048)
+    sc.add_argument("--heads", type=int, default=8)
+    sc.add_argument("--kv-heads", type=int, default=8)
+    sc.add_argument("--head-dim", type=int, default=128)
+    sc.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    sc.add_argument("--device", default=None, help="cuda (the default when available) or cpu")
+    sc.add_argument("--budget", type=float, default=10.0, help="seconds per timed entry (fewer repeats when slow)")
+    add_train_parser(sub)
     args = ap.parse_args(argv)
+    if args.what == "scorers":
+        return main_scorers(args, argv)
+    if args.what == "train":
+        return main_train(args)
     if not torch.cuda.is_available():
         print("the benchmarks need a CUDA device", file=sys.stderr)
         return 2

@@ -1,0 +1,195 @@
+"""The recipe experiment: does Lighthouse pre-training plus a short dense recovery pay off?
+
+    python scripts/recipe.py --config configs/recipe-64k.toml --gpus 0,1 --deadline 540
+    (run it again until it prints "all done"; every piece resumes where it stopped)
+
+Phases, each resumable:
+  1. sweep   dense runs of --sweep-steps at each --lrs; the best final validation bpb picks the
+             learning rate that every arm then uses (a fair baseline first).
+  2. arms    a  dense from scratch                        (all steps dense)
+             b  Lighthouse for 10/16 of the steps, then dense  (window-end RoPE)
+             c  as b with pre-pool RoPE
+             d  Lighthouse for all steps (its stage end is evaluated with Lighthouse and densely)
+             and with --extra: e  Lighthouse for 14/16, then dense;  f  as b with the dilated scorer
+  3. evals   per arm: validation bpb by position bucket, passkey accuracy by length and depth
+  4. summary results.json and results.md (one table row per arm) and the plot of all arms
+
+Same model, seed, data order and token budget in every arm: the arms differ only in their
+[[stages]] and the stated setting. Runs go one per GPU (CUDA_VISIBLE_DEVICES) in parallel, or
+one after another on one GPU (or the CPU). A run still going at the deadline gets SIGTERM,
+which makes the trainer write a checkpoint and stop; the next invocation resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from lighthouse.trainer.config import load_config  # noqa: E402
+from lighthouse.trainer.metrics import read_metrics, stage_rows  # noqa: E402
+
+
+def arm_overrides(total: int, share_lighthouse: int) -> list[str]:
+    """Stages for Lighthouse over share_lighthouse/16 of `total` steps, then dense (no dense stage at 16/16)."""
+    lh = total * share_lighthouse // 16
+    if lh in (0, total):
+        kind = "dense" if lh == 0 else "lighthouse"
+        return [f'stages=[{{attention = "{kind}", steps = {total}}}]']
+    return [f'stages=[{{attention = "lighthouse", steps = {lh}}}, {{attention = "dense", steps = {total - lh}}}]']
+
+
+def plan(cfg, lr: float | None, extra: bool) -> dict[str, list[str]]:
+    """Run name -> overrides, for every arm."""
+    total = cfg.total_steps
+    common = [] if lr is None else [f"optim.lr={lr}"]
+    arms = {
+        "a-dense": arm_overrides(total, 0),
+        "b-lighthouse-window-end": arm_overrides(total, 10),
+        "c-lighthouse-pre-pool": arm_overrides(total, 10) + ['model.rope="pre-pool"'],
+        "d-lighthouse-only": arm_overrides(total, 16),
+    }
+    if extra:
+        arms["e-recovery-2-of-16"] = arm_overrides(total, 14)
+        arms["f-dilated"] = arm_overrides(total, 10) + ['lighthouse.scorer="dilated"']
+    return {name: common + o for name, o in arms.items()}
+
+
+class Runner:
+    """Runs `lighthouse` commands, one per device at a time, until a deadline."""
+
+    def __init__(self, gpus: list[str], deadline: float, log_dir: Path):
+        self.gpus, self.deadline, self.log_dir = gpus, deadline, log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def run_all(self, jobs: list[tuple[str, list[str]]]) -> bool:
+        """Run (name, argv) jobs; True when every one finished, False when the deadline stopped some."""
+        pending, running, finished = list(jobs), {}, True
+        while pending or running:
+            for gpu in self.gpus:
+                if gpu not in running and pending:
+                    name, argv = pending.pop(0)
+                    env = dict(os.environ, PYTHONUNBUFFERED="1")
+                    if gpu != "cpu":
+                        env["CUDA_VISIBLE_DEVICES"] = gpu
+                    log = open(self.log_dir / f"{name}.log", "a")
+                    print(f"[{time.strftime('%H:%M:%S')}] {name} on {gpu}: {' '.join(argv)}", flush=True)
+                    running[gpu] = (name, subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+            time.sleep(2)
+            for gpu, (name, proc, log) in list(running.items()):
+                if proc.poll() is None and time.time() > self.deadline:
+                    proc.terminate()  # SIGTERM: the trainer checkpoints and exits
+                    try:
+                        proc.wait(120)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                if proc.poll() is not None:
+                    log.close()
+                    del running[gpu]
+                    ok = proc.returncode == 0
+                    finished &= ok
+                    print(f"[{time.strftime('%H:%M:%S')}] {name}: {'done' if ok else f'stopped (exit {proc.returncode})'}",
+                          flush=True)
+            if time.time() > self.deadline and pending:
+                return False
+        return finished
+
+
+def train_argv(config: str, name: str, out_dir: Path, overrides: list[str]) -> list[str]:
+    sets = [f"name={name}", f'out_dir="{out_dir}"', "training.progress=false", *overrides]
+    return [sys.executable, "-m", "lighthouse", "train", "--config", config, "--resume",
+            *[x for s in sets for x in ("--set", s)]]
+
+
+def final_bpb(run_dir: Path) -> float | None:
+    ends = [r for r in read_metrics(run_dir) if r.get("kind") == "stage_end"]
+    return ends[-1]["val_bpb_dense"] if ends else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/recipe-64k.toml")
+    ap.add_argument("--out", default="runs/recipe", help="folder of all runs, logs and results")
+    ap.add_argument("--gpus", default="0", help="comma-separated CUDA device ids, or 'cpu'")
+    ap.add_argument("--deadline", type=float, default=540.0, help="seconds this invocation may run")
+    ap.add_argument("--lrs", default="1e-3,2e-3,4e-3", help="learning rates of the dense sweep ('' to skip)")
+    ap.add_argument("--sweep-steps", type=int, default=200)
+    ap.add_argument("--extra", action="store_true", help="also the 14/16 recovery arm and the dilated scorer")
+    ap.add_argument("--passkey-lengths", default=None, help="default: 1/4, 1/2 and all of data.seq_len")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="applies to every run")
+    args = ap.parse_args()
+
+    out = Path(args.out).resolve()
+    cfg = load_config(args.config, args.overrides)
+    runner = Runner(args.gpus.split(","), time.time() + args.deadline, out / "logs")
+    state_file = out / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+
+    # 1. learning-rate sweep of the dense baseline
+    lrs = [float(x) for x in args.lrs.split(",") if x.strip()]
+    if lrs and "lr" not in state:
+        sweep = {f"sweep-lr{lr:g}": [*args.overrides, f"optim.lr={lr}", *arm_overrides(args.sweep_steps, 0),
+                                     f"optim.warmup_steps={min(cfg.optim.warmup_steps, args.sweep_steps // 4)}"]
+                 for lr in lrs}
+        if not runner.run_all([(n, train_argv(args.config, n, out, o)) for n, o in sweep.items()]):
+            print("not finished: run again to continue")
+            return 3
+        scores = {float(n.removeprefix("sweep-lr")): final_bpb(out / n) for n in sweep}
+        state["sweep"] = {str(k): v for k, v in scores.items()}
+        state["lr"] = min(scores, key=lambda lr: scores[lr])
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state, indent=1))
+        print(f"sweep (final val bpb by lr): {scores}; every arm uses lr={state['lr']}")
+
+    # 2. the arms
+    arms = plan(cfg, state.get("lr"), args.extra)
+    jobs = [(n, train_argv(args.config, n, out, [*args.overrides, *o])) for n, o in arms.items()]
+    if not runner.run_all(jobs):
+        print("not finished: run again to continue")
+        return 3
+
+    # 3. evaluations of every arm's final checkpoint (dense attention: the model users ship)
+    n = cfg.data.seq_len
+    lengths = args.passkey_lengths or f"{n // 4},{n // 2},{n}"
+    evals = []
+    for name in arms:
+        for task, extra in (("position", []), ("passkey", ["--lengths", lengths])):
+            if not (out / "evals" / name / f"{task}.json").is_file():
+                argv = [sys.executable, "-m", "lighthouse", "eval", "--checkpoint", str(out / name), "--task", task,
+                        "--attention", "dense", "--out", str(out / "evals" / name), *extra]
+                evals.append((f"eval-{task}-{name}", argv))
+    if not runner.run_all(evals):
+        print("not finished: run again to continue")
+        return 3
+
+    # 4. summary
+    summary = {"config": args.config, "lr": state.get("lr"), "sweep": state.get("sweep"), "arms": {}}
+    for name in arms:
+        rows = stage_rows(out / name)
+        position = json.loads((out / "evals" / name / "position.json").read_text())
+        passkey = json.loads((out / "evals" / name / "passkey.json").read_text())
+        cells = passkey["results"]
+        summary["arms"][name] = {
+            "stages": [{k: r[k] for k in ("attention", "steps", "tokens", "time_s", "val_bpb", "val_bpb_dense")}
+                       for r in rows],
+            "tokens": sum(r["tokens"] for r in rows), "time_s": sum(r["time_s"] for r in rows),
+            "final_val_bpb_dense": rows[-1]["val_bpb_dense"] if rows else None,
+            "position": position["buckets"],
+            "passkey_accuracy": sum(c["accuracy"] for c in cells) / max(1, len(cells)),
+        }
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    subprocess.run([sys.executable, "-m", "lighthouse", "plot", *[str(out / n) for n in arms],
+                    "-o", str(out / "recipe.png")], check=False)
+    print(json.dumps(summary["arms"], indent=1)[:4000])
+    print(f"all done: {out / 'results.json'}, {out / 'recipe.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
