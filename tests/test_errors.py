@@ -112,3 +112,16 @@ def test_large_finite_inputs_are_not_called_infinite(levels):
     out = lighthouse_attention(q, k, v, levels=levels, pooling=2, topk=128)
     assert torch.isfinite(out).all()
 
+
+def test_autocast_casts_mixed_inputs_like_sdpa():
+    """Inside autocast, float32 q, k and bf16 v are cast to the autocast dtype (SDPA does the same)."""
+    q, k, v = qkv()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lighthouse_attention(q, k, v.bfloat16(), **KW)
+        sdpa_out = torch.nn.functional.scaled_dot_product_attention(q, k.expand_as(q), v.bfloat16().expand_as(q),
+                                                                    is_causal=True)
+    assert out.dtype == sdpa_out.dtype == torch.bfloat16
+    assert torch.equal(out, lighthouse_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), **KW))
+    with pytest.raises(TypeError, match="share one dtype"):  # outside autocast: still an error
+        lighthouse_attention(q, k, v.bfloat16(), **KW)
+

@@ -58,6 +58,20 @@ def _check_tensors(q, k, v, rope, check_finite: bool) -> None:
                 raise ValueError(f"{name} contains NaN or Inf; Lighthouse selection needs finite inputs")
 
 
+def _autocast_inputs(q, k, v):
+    """Under autocast, cast q, k, v to its dtype as autocast does for SDPA (a drop-in must behave alike).
+
+    Inside an autocast region a model's projections come out in bf16 while anything multiplied by
+    float32 tables (a rotary embedding, say) comes out in float32; SDPA casts them all, and so do we.
+    float64 stays as it is, as autocast leaves it.
+    """
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or not torch.is_autocast_enabled(q.device.type):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(q.device.type)
+    cast = lambda t: t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t  # noqa: E731
+    return cast(q), cast(k), cast(v)
+
+
 def dense_causal_attention(q_BHND, k_BGND, v_BGND, rope=None) -> torch.Tensor:
     """Ordinary causal SDPA (with RoPE at every position when tables are given): the levels=1 case."""
     if rope is not None:
@@ -131,6 +145,7 @@ def lighthouse_attention(
     changes which real entries are selected nor the outputs of real positions.
     """
     cfg = LighthouseConfig.resolve(config, levels=levels, pooling=pooling, topk=topk, scorer=scorer, backend=backend)
+    q, k, v = _autocast_inputs(q, k, v)
     if check_finite is None:
         check_finite = isinstance(q, torch.Tensor) and not q.is_cuda
     _check_tensors(q, k, v, rope, check_finite)

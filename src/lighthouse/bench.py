@@ -19,6 +19,9 @@ B=1, H=G=8, D=128, bf16, L=3, p=4, K=2048), and writes JSON. On CUDA with
 flash-linear-attention installed, `gla` uses fla and `gla_torch` times the PyTorch chunked
 form too. It also runs on CPU at small N as a smoke test:
 `python -m lighthouse.bench scorers --device cpu --seq-lens 4096 --levels 2 --pooling 2 --topk 128`.
+
+`hf` trains a ~135M-parameter Hugging Face Llama at N=64K with attn_implementation "sdpa" vs
+"lighthouse" (whole steps: tokens/s, peak memory; see `lighthouse.bench_hf`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .bench_hf import add_parser as add_hf_parser
+from .bench_hf import main_hf
 from .bench_train import add_parser as add_train_parser
 from .bench_train import main_train
 
@@ -456,7 +461,10 @@ def main(argv=None) -> int:
     sc.add_argument("--device", default=None, help="cuda (the default when available) or cpu")
     sc.add_argument("--budget", type=float, default=10.0, help="seconds per timed entry (fewer repeats when slow)")
     add_train_parser(sub)
+    add_hf_parser(sub)
     args = ap.parse_args(argv)
+    if args.what == "hf":
+        return main_hf(args, argv)
     if args.what == "scorers":
         return main_scorers(args, argv)
     if args.what == "train":

@@ -5,6 +5,8 @@
     lighthouse eval --checkpoint runs/demo --attention dense # validation bits-per-byte
     lighthouse eval --checkpoint runs/demo --task passkey --lengths 1K,4K --out evals/  # also: --task position
     lighthouse plot runs/demo runs/demo-baseline -o plot.png
+    lighthouse export runs/demo hf/demo                      # a Hugging Face Llama folder (needs .[hf])
+    lighthouse sample --checkpoint runs/demo --prompt "def " # text, dense attention with a KV cache
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--task", choices=("bpb", "position", "passkey"), default="bpb",
                    help="bpb: validation bits-per-byte (default); position: bpb by position in the window; "
                         "passkey: pass key retrieval accuracy by length and depth")
-    e.add_argument("--lengths", help="passkey: prompt lengths in bytes, e.g. 1024,4096 or 1K,4K (default: data.seq_len)")
-    e.add_argument("--depths", help="passkey: where the key is hidden, fractions of the filler (default: 0,0.25,0.5,0.75,1)")
+    e.add_argument("--lengths",
+                   help="passkey: prompt lengths in bytes, e.g. 1024,4096 or 1K,4K (default: data.seq_len)")
+    e.add_argument("--depths",
+                   help="passkey: where the key is hidden, fractions of the filler (default: 0,0.25,0.5,0.75,1)")
     e.add_argument("--trials", type=int, default=5, help="passkey: prompts per length and depth (default: 5)")
     e.add_argument("--seed", type=int, default=0, help="passkey: seed of the pass keys (default: 0)")
     e.add_argument("--out", metavar="DIR", help="position/passkey: write <task>.json and <task>.png into DIR")
@@ -58,10 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="plot loss vs tokens and vs wall-clock for runs")
     p.add_argument("runs", nargs="+", help="run folders (with metrics.jsonl)")
     p.add_argument("-o", "--output", default="plot.png", help="PNG to write (default: plot.png)")
+
+    x = sub.add_parser("export", help="write a checkpoint as a Hugging Face Llama folder with a byte-level tokenizer")
+    x.add_argument("run_dir", help="a run folder (its newest good checkpoint) or a checkpoint folder")
+    x.add_argument("out_dir", help="the folder to write (config.json, model.safetensors, tokenizer files)")
+    x.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weight dtype (default: as trained)")
+    x.add_argument("--overwrite", action="store_true", help="replace an export already in out_dir")
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint (dense attention with a KV cache)")
+    s.add_argument("--checkpoint", required=True, help="a run folder (its newest good checkpoint) or a checkpoint folder")
+    s.add_argument("--prompt", default="", help="text to continue (default: empty, a new document)")
+    s.add_argument("--max-new-tokens", type=int, default=200, help="bytes to generate at most (default: 200)")
+    s.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0: greedy (default: 0.8)")
+    s.add_argument("--top-k", type=int, default=50, help="sample among the k most likely bytes; 0: all (default: 50)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    s.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     return parser
 
 
 def cmd_train(args) -> int:
+    from .distributed.mesh import is_main_process, leave_process_group
     from .trainer.config import baseline_config, load_config
     from .trainer.loop import train
     from .trainer.metrics import format_table
@@ -81,9 +101,14 @@ def cmd_train(args) -> int:
     if args.baseline or args.baseline_only:
         runs.append(baseline_config(cfg))
     rows = []
-    for run_cfg in runs:
-        result = train(run_cfg, resume=args.resume, overwrite=args.overwrite)
-        rows += result.rows
+    try:
+        for run_cfg in runs:
+            result = train(run_cfg, resume=args.resume, overwrite=args.overwrite)
+            rows += result.rows
+    finally:
+        leave_process_group()  # under torchrun the trainer joined one
+    if not is_main_process():
+        return 0  # rank 0 prints the table and writes the plot
     print()
     print(format_table(rows))
     out = Path(args.plot) if args.plot else cfg.run_dir / "plot.png"
@@ -114,7 +139,7 @@ def cmd_eval(args) -> int:
     load_weights(ckpt, model, device)
     model.set_attention(kind)
     if args.task != "bpb":
-        from .evals.run import run_task
+        from .eval_tasks import run_task
 
         run_task(
             args.task, model, cfg, device, autocast_dtype(cfg, device), attention=kind,
@@ -129,6 +154,32 @@ def cmd_eval(args) -> int:
         f"{len(windows)} windows of {cfg.data.seq_len}: val bpb {result['val_bpb']:.4f}, val loss {result['val_loss']:.4f}"
     )
     return 0
+
+
+def cmd_export(args) -> int:
+    try:
+        from .integrations.export import ExportError, export_run
+    except ImportError as e:
+        print(f"error: lighthouse export needs transformers ({e}); pip install -e '.[hf]'", file=sys.stderr)
+        return 2
+    import torch
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    try:
+        ckpt, out = export_run(args.run_dir, args.out_dir, dtype=dtype, overwrite=args.overwrite,
+                               warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {ckpt} to {out} (AutoModelForCausalLM / AutoTokenizer.from_pretrained)")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .sample import main_sample
+
+    return main_sample(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k or None, seed=args.seed, device=args.device)
 
 
 def cmd_plot(args) -> int:
@@ -148,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer.loop import Interrupted, RunExistsError
 
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
+        commands = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "export": cmd_export, "sample": cmd_sample}
+        return commands[args.command](args)
     except (ConfigError, DataError, RunExistsError, FileNotFoundError, CheckpointError, RunLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
