@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from .distributed.mesh import is_main_process, leave_process_group
+    from .distributed.mesh import is_main_process, process_group_scope
     from .trainer.config import baseline_config, load_config
     from .trainer.loop import train
     from .trainer.metrics import format_table
@@ -101,12 +101,10 @@ def cmd_train(args) -> int:
     if args.baseline or args.baseline_only:
         runs.append(baseline_config(cfg))
     rows = []
-    try:
+    with process_group_scope():  # under torchrun the trainer joins one; left at the end
         for run_cfg in runs:
             result = train(run_cfg, resume=args.resume, overwrite=args.overwrite)
             rows += result.rows
-    finally:
-        leave_process_group()  # under torchrun the trainer joined one
     if not is_main_process():
         return 0  # rank 0 prints the table and writes the plot
     print()

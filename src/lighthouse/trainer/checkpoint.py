@@ -8,6 +8,10 @@ Layout of `runs/<name>/checkpoints/`:
     step-00000100/meta.json           step, and the size and SHA-256 of every file
     latest                            the name of the newest complete checkpoint
 
+A checkpoint of a multi-process run (`lighthouse.distributed.checkpoint`) has the same three
+files (`model.safetensors` consolidated, `state.pt` without the optimizer) plus `dcp/`, the
+model and optimizer sharded by torch.distributed.checkpoint; meta.json vouches for those too.
+
 The promises, and how they are kept:
 - A kill at any moment leaves the last good checkpoint loadable: a checkpoint is written
   into a hidden temporary folder, flushed, and renamed into place in one step (`os.replace`);
@@ -46,6 +50,7 @@ log = logging.getLogger("lighthouse.checkpoint")
 CHECKPOINT_DIR = "checkpoints"
 FILES = ("model.safetensors", "state.pt", "meta.json")
 DATA_FILES = ("model.safetensors", "state.pt")  # the files meta.json vouches for
+SHARDED_DIR = "dcp"  # in a multi-process run's checkpoint: model and optimizer, sharded
 
 
 class CheckpointError(RuntimeError):
@@ -96,6 +101,11 @@ def is_complete(path: Path) -> bool:
     return path.is_dir() and all((path / f).is_file() for f in FILES)
 
 
+def is_sharded(path: Path) -> bool:
+    """Written by a multi-process run (model and optimizer in `dcp/`)."""
+    return (Path(path) / SHARDED_DIR).is_dir()
+
+
 def _complete_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if is_complete(p))
 
@@ -106,30 +116,63 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, stat
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / _step_name(step)
-    if not _is_good(final):  # a good checkpoint of this step (a re-save after resume) stays as it is
-        tmp = root / f".tmp-{_step_name(step)}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+    if not is_good(final):  # a good checkpoint of this step (a re-save after resume) stays as it is
+        tmp = fresh_folder(root / f".tmp-{_step_name(step)}-{os.getpid()}")
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
-        for f in DATA_FILES:
-            _fsync(tmp / f)
-        files = {f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in DATA_FILES}
-        meta = {"step": step, "files": files}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        _fsync(tmp / "meta.json")
-        _fsync(tmp)
-        if final.exists():  # an incomplete or damaged folder of that name
-            _remove(final)
-        os.replace(tmp, final)
-        _fsync(root)
-    write_atomic(root / "latest", final.name + "\n")
-    _prune(root, keep, current=final)
+        seal_checkpoint(tmp, step, DATA_FILES)
+        install_checkpoint(tmp, final)
+    point_latest(final, keep)
     return final
 
 
-def _is_good(path: Path) -> bool:
+# The steps of a save, shared with the multi-process checkpointer (lighthouse.distributed.checkpoint).
+def checkpoint_folder(run_dir: str | Path, step: int) -> Path:
+    """Where checkpoint `step` of a run lives once complete."""
+    return checkpoint_root(run_dir) / _step_name(step)
+
+
+def fresh_folder(path: Path) -> Path:
+    """An empty folder at `path` (whatever a killed save left there is removed)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def seal_checkpoint(folder: Path, step: int, files, digests: dict | None = None, **extra) -> None:
+    """Flush `files` (paths relative to `folder`) and write meta.json with the size and SHA-256 of each.
+
+    `digests` holds SHA-256s computed already (a multi-process save hashes its shards on
+    every rank); `extra` adds keys to meta.json.
+    """
+    digests = digests or {}
+    for f in files:
+        _fsync(folder / f)
+    files = {f: {"bytes": (folder / f).stat().st_size, "sha256": digests.get(f) or sha256_file(folder / f)}
+             for f in files}
+    meta = {"step": step, **extra, "files": files}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    _fsync(folder / "meta.json")
+    _fsync(folder)
+
+
+def install_checkpoint(tmp: Path, final: Path) -> None:
+    """Rename a sealed temporary folder into place: the one step that makes a checkpoint visible."""
+    if final.exists():  # an incomplete or damaged folder of that name
+        _remove(final)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+
+
+def point_latest(final: Path, keep: int) -> None:
+    """Point `latest` at `final` (temp file + rename), then keep only the newest `keep` checkpoints."""
+    write_atomic(final.parent / "latest", final.name + "\n")
+    _prune(final.parent, keep, current=final)
+
+
+def is_good(path: Path) -> bool:
+    """Complete and matching its checksums."""
     try:
         verify_checkpoint(path)
         return True
@@ -172,6 +215,8 @@ def verify_checkpoint(path: Path) -> dict:
         return meta
     for name, want in files.items():
         f = path / name
+        if not f.is_file():  # a shard of a multi-process checkpoint
+            raise CheckpointError(f"{f}: missing")
         size = f.stat().st_size
         if size != want.get("bytes"):
             raise CheckpointError(f"{f}: {size} bytes, expected {want.get('bytes')} (truncated or replaced)")
@@ -265,8 +310,8 @@ class Checkpointer:
     def __init__(self, run_dir: str | Path, keep: int = 1, warn=log.warning):
         self.run_dir, self.keep, self.warn = Path(run_dir), keep, warn
 
-    def save(self, step: int, model: torch.nn.Module, state: dict) -> Path:
-        return save_checkpoint(self.run_dir, step, model, state, self.keep)
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> Path:
+        return save_checkpoint(self.run_dir, step, model, {**state, "optimizer": optimizer.state_dict()}, self.keep)
 
     def latest(self) -> Path | None:
         """The newest checkpoint that verifies (damaged newer ones are reported and skipped)."""
@@ -275,8 +320,16 @@ class Checkpointer:
     def any_exist(self) -> bool:
         return bool(checkpoints_newest_first(self.run_dir))
 
-    def load(self, path: Path, model: torch.nn.Module, device) -> dict:
-        return load_checkpoint(path, model, device, verify=False)  # `latest` verified it
+    def load(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device) -> dict:
+        """Weights into `model`, moments into `optimizer`; returns the rest of the state."""
+        if is_sharded(path):  # written by a multi-process run: torch.distributed.checkpoint reshards it
+            from ..distributed.checkpoint import load_sharded
+
+            load_sharded(path, model, optimizer)
+            return load_state(path, device)
+        state = load_checkpoint(path, model, device, verify=False)  # `latest` verified it
+        optimizer.load_state_dict(state["optimizer"])
+        return state
 
 
 # ---- one trainer per run ------------------------------------------------------------------------

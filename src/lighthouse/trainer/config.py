@@ -1,7 +1,7 @@
 """Run configuration: dataclasses loaded from TOML, overridable from the command line.
 
 A config file has the sections `[model]`, `[lighthouse]`, `[data]`, `[optim]`,
-`[training]` and a list of `[[stages]]`; every key is optional and defaults to the demo
+`[training]`, `[parallel]` and a list of `[[stages]]`; every key is optional and defaults to the demo
 setting. `extends = "other.toml"` at the top of a file starts from that file (a path
 relative to the including file). Overrides use dotted keys and TOML values:
 
@@ -74,7 +74,7 @@ class OptimConfig:
 @dataclass
 class TrainingConfig:
     batch_size: int = 4  # global batch, in sequences
-    micro_batch_size: int = 0  # sequences per forward/backward; 0: batch_size (no accumulation)
+    micro_batch_size: int = 0  # sequences per forward/backward on each rank; 0: batch_size / parallel.dp
     seed: int = 0
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 autocast on cuda, float32 elsewhere
@@ -87,6 +87,14 @@ class TrainingConfig:
     checkpoint_every: int = 50  # steps between checkpoints (and at each stage end); 0: stage ends only
     keep_checkpoints: int = 2  # how many recent checkpoints to keep (a damaged newest one falls back to an older)
     progress: bool = True  # show a progress bar
+
+
+@dataclass
+class ParallelConfig:
+    """How a run launched by torchrun spreads over its processes (ignored by a single process)."""
+
+    dp: int = 0  # data-parallel degree (FSDP2 shards weights, gradients, optimizer state); 0: WORLD_SIZE / cp
+    cp: int = 1  # context-parallel degree: the ranks that split every sequence between them
 
 
 @dataclass
@@ -105,6 +113,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     stages: list[StageConfig] = field(
         default_factory=lambda: [StageConfig("lighthouse", 100), StageConfig("dense", 50)]
     )
@@ -405,6 +414,52 @@ def validate(cfg: Config) -> None:
     for key in ("eval_every", "checkpoint_every", "threads"):
         if getattr(t, key) < 0:
             raise ConfigError(f"'training.{key}' must be >= 0, got {getattr(t, key)}")
+
+    p = cfg.parallel
+    if p.dp < 0:
+        raise ConfigError(f"'parallel.dp' must be >= 1, or 0 for WORLD_SIZE / parallel.cp; got {p.dp}")
+    if p.cp < 1:
+        raise ConfigError(f"'parallel.cp' must be >= 1, got {p.cp}")
+    if p.cp > 1:
+        _check_context_parallel(cfg, uses_lighthouse and sparse_layers > 0)
+
+
+def _check_context_parallel(cfg: Config, has_lighthouse_layers: bool) -> None:
+    """The sequence must split into 2*cp equal chunks that every Lighthouse layer can select in."""
+    from ..distributed.context_parallel import check_context_parallel
+
+    lh = cfg.lighthouse if has_lighthouse_layers else LighthouseConfig(levels=1)  # levels=1: dense layers only
+    try:
+        check_context_parallel(lh, cfg.data.seq_len, cfg.parallel.cp)
+    except ValueError as e:
+        raise ConfigError(f"'parallel.cp' = {cfg.parallel.cp} with data.seq_len = {cfg.data.seq_len}: {e}") from None
+
+
+def resolve_parallel(cfg: Config, world_size: int) -> tuple[int, int]:
+    """(dp, cp) for `world_size` processes: dp * cp must be the number of processes, and the
+    global batch must split evenly into per-rank micro-batches."""
+    p, t = cfg.parallel, cfg.training
+    if world_size % p.cp:
+        raise ConfigError(f"'parallel.cp' = {p.cp} does not divide the number of processes (WORLD_SIZE = {world_size})")
+    dp = p.dp or world_size // p.cp
+    if dp * p.cp != world_size:
+        raise ConfigError(
+            f"'parallel.dp' * 'parallel.cp' = {dp} * {p.cp} must equal the number of processes "
+            f"(WORLD_SIZE = {world_size}); set parallel.dp = 0 to derive it"
+        )
+    if t.batch_size % dp:
+        raise ConfigError(f"'training.batch_size' ({t.batch_size}) must be a multiple of parallel.dp ({dp})")
+    if t.micro_batch_size and t.batch_size % (t.micro_batch_size * dp):
+        raise ConfigError(
+            f"'training.micro_batch_size' ({t.micro_batch_size}, per rank) times parallel.dp ({dp}) must divide "
+            f"training.batch_size ({t.batch_size})"
+        )
+    return dp, p.cp
+
+
+def micro_batch_per_rank(cfg: Config, dp: int) -> int:
+    """Sequences a data-parallel rank runs per forward/backward: micro_batch_size, or its share of the batch."""
+    return cfg.training.micro_batch_size or cfg.training.batch_size // dp
 
 
 # ---- derived configs and saving ------------------------------------------------------------

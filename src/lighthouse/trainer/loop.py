@@ -12,6 +12,12 @@ attention. A checkpoint holds everything needed to continue bit for bit (`--resu
 
 The parts, one job each: `Stepper` (stepper.py), `Evaluator` (below, on evals/bpb.py),
 `Checkpointer` (checkpoint.py), `TrainLog` (progress.py: metrics and the progress bar).
+
+Under torchrun (WORLD_SIZE > 1) every rank runs this same loop; setup joins the process group
+(`ParallelState`, lighthouse/distributed/mesh.py) and picks the multi-process parts: a model
+sharded with FSDP2, a stepper that keeps the rank's rows, a sharded evaluator and checkpointer
+(lighthouse/distributed/). Rank 0 owns the run's files (lock, metrics, config.toml, the choice
+of checkpoint); the others follow its decisions.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..distributed.mesh import join_parallel
 from ..evals.bpb import evaluate
 from ..model import Transformer
-from .checkpoint import CHECKPOINT_DIR, Checkpointer, RunLock, rng_state, set_rng_state
+from .checkpoint import CHECKPOINT_DIR, Checkpointer, rng_state, set_rng_state
 from .config import Config, ConfigError, from_dict, to_dict, to_toml
 from .data import ByteData
 from .metrics import METRICS_FILE, stage_rows, truncate_metrics
@@ -92,10 +99,13 @@ class Evaluator:
         if kind is not None:
             self.model.set_attention(kind)
         try:
-            return evaluate(self.forward, self.windows, self.micro_batch, self.device, self.amp_dtype)
+            return self.score()
         finally:
             for block, core in zip(self.model.layers, saved):
                 block.attention.core = core
+
+    def score(self) -> dict:
+        return evaluate(self.forward, self.windows, self.micro_batch, self.device, self.amp_dtype)
 
 
 @dataclass
@@ -126,10 +136,10 @@ class Trainer:
             )
 
     def _setup(self) -> None:
-        cfg, t = self.cfg, self.cfg.training
+        cfg, t, par = self.cfg, self.cfg.training, self.parallel
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = resolve_device(t.device)
+        self.device = par.device
         if t.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -138,39 +148,60 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        self.checkpointer = Checkpointer(cfg.run_dir, t.keep_checkpoints,
-                                         warn=lambda msg: self.echo(f"[{cfg.name}] warning: {msg}"))
-        self._prepare_run_dir()
-        ckpt = self.checkpointer.latest() if self.resume else None
+        warn = lambda msg: self.echo(f"[{cfg.name}] warning: {msg}")  # noqa: E731
+        if par.distributed:
+            from ..distributed.checkpoint import DistributedCheckpointer
+
+            self.checkpointer = DistributedCheckpointer(cfg.run_dir, t.keep_checkpoints, par, warn=warn)
+        else:
+            self.checkpointer = Checkpointer(cfg.run_dir, t.keep_checkpoints, warn=warn)
+        # The run's files are rank 0's: it acts, the other ranks get its answer (or its error).
+        par.on_main(self._prepare_run_dir)
+        ckpt = par.on_main(self.checkpointer.latest) if self.resume else None
         if self.resume and ckpt is None:
             self.echo(f"[{cfg.name}] no usable checkpoint in {cfg.run_dir / CHECKPOINT_DIR}; starting from scratch")
-        if ckpt is None and (cfg.run_dir / METRICS_FILE).exists():
-            (cfg.run_dir / METRICS_FILE).unlink()
-        (cfg.run_dir / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
+        par.on_main(self._write_run_files, fresh=ckpt is None)
 
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         np.random.seed(t.seed)
-        self.model = build_model(cfg, self.device)
+        if par.distributed:
+            from ..distributed.fsdp import build_sharded_model
+
+            self.model = build_sharded_model(cfg, par, self.amp_dtype)
+        else:
+            self.model = build_model(cfg, self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
         self.optimizer = build_optimizer(cfg, self.model, self.device)
         self.data = ByteData(cfg.data, t.seed)
         self.step, self.time_s = 0, 0.0
         if ckpt is not None:
-            state = self.checkpointer.load(ckpt, self.model, self.device)
+            state = self.checkpointer.load(ckpt, self.model, self.optimizer, self.device)
             self._check_resume_config(state["config"])
-            self.optimizer.load_state_dict(state["optimizer"])
             self.data.load_state_dict(state["data"])
             set_rng_state(state["rng"])
             self.step = int(state["step"])
             self.time_s = float(state["progress"]["time_s"])
-            truncate_metrics(cfg.run_dir, self.step)
+            par.on_main(truncate_metrics, cfg.run_dir, self.step)
             self.echo(f"[{cfg.name}] resumed from {ckpt} (step {self.step}/{cfg.total_steps})")
         self.resumed_from = self.step
         forward = torch.compile(self.model) if t.compile else self.model
-        self.stepper = Stepper(cfg, self.model, forward, self.optimizer, self.data.train, self.device, self.amp_dtype)
-        self.evaluator = Evaluator(self.model, forward, self.data.val_windows(), cfg.micro_batch, self.device,
+        if par.distributed:
+            from ..distributed.parts import DistributedEvaluator, DistributedStepper
+
+            self.stepper = DistributedStepper(cfg, self.model, forward, self.optimizer, self.data.train, par,
+                                              self.amp_dtype)
+            self.evaluator = DistributedEvaluator(cfg, self.model, forward, self.data.val_windows(), par, self.amp_dtype)
+        else:
+            self.stepper = Stepper(cfg, self.model, forward, self.optimizer, self.data.train, self.device,
                                    self.amp_dtype)
+            self.evaluator = Evaluator(self.model, forward, self.data.val_windows(), cfg.micro_batch, self.device,
+                                       self.amp_dtype)
+
+    def _write_run_files(self, fresh: bool) -> None:
+        if fresh and (self.cfg.run_dir / METRICS_FILE).exists():
+            (self.cfg.run_dir / METRICS_FILE).unlink()
+        (self.cfg.run_dir / "config.toml").write_text(to_toml(self.cfg), encoding="utf-8")
 
     def _check_resume_config(self, saved: dict) -> None:
         old = from_dict(saved)
@@ -184,7 +215,6 @@ class Trainer:
     def _state(self) -> dict:
         return {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": {"kind": self.cfg.optim.schedule, "step": self.step, "lr": lr_at(self.cfg, max(0, self.step - 1))},
             "data": self.data.state_dict(),
             "rng": rng_state(),
@@ -193,7 +223,7 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        return self.checkpointer.save(self.step, self.model, self._state())
+        return self.checkpointer.save(self.step, self.model, self.optimizer, self._state())
 
     def _enter_stage(self, stage: int | None) -> int:
         """The stage of the next step; switches the attention modules when it begins."""
@@ -243,7 +273,10 @@ class Trainer:
     def run(self, progress: bool | None = None) -> RunResult:
         cfg, t = self.cfg, self.cfg.training
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(cfg.run_dir):
+        self.parallel = join_parallel(cfg, resolve_device(t.device))  # one process, or a rank of a torchrun launch
+        if not self.parallel.is_main:
+            self.echo = lambda *args, **kwargs: None  # rank 0 speaks for the run
+        with self.parallel.run_lock(cfg.run_dir):
             self._setup()
             total = cfg.total_steps
             if self.step >= total:
@@ -252,14 +285,16 @@ class Trainer:
             self.echo(
                 f"[{cfg.name}] {self.model.num_params() / 1e6:.2f}M parameters, {total} steps of "
                 f"{cfg.tokens_per_step:,} tokens ({' -> '.join(f'{s.attention} x{s.steps}' for s in cfg.stages)}) "
-                f"on {self.device}"
+                f"on {self.parallel.describe()}"
             )
             self.echo(f"[{cfg.name}] data: {self.data.summary()}; {self.data.split_description}")
             repeats = self.data.epoch_budget_warning(cfg.total_steps * cfg.tokens_per_step)
             if repeats:
                 self.echo(f"[{cfg.name}] warning: {repeats}")
             show = t.progress if progress is None else progress
-            self.log = TrainLog(cfg.name, cfg.run_dir, total, self.step, show, self.echo)
+            self.log = TrainLog(cfg.name, cfg.run_dir, total, self.step, show, self.echo,
+                                reduce=self.parallel.mean if self.parallel.distributed else None,
+                                main=self.parallel.is_main)
             try:
                 with self._signals():
                     self._loop(total)
@@ -280,7 +315,8 @@ class Trainer:
             self.log.add_step(loss, grad_norm)
 
             stage_done = self.step == cfg.stage_end(stage)
-            stopping = self._stop_signal is not None
+            stop_signal = self.parallel.agree_max(self._stop_signal or 0)  # all ranks stop after the same step
+            stopping = stop_signal > 0
             due_eval = stage_done or every(t.eval_every)
             due_save = stage_done or every(t.checkpoint_every) or stopping
             if stage_done or every(t.log_every) or due_eval or due_save:
@@ -291,7 +327,7 @@ class Trainer:
             if due_save:
                 path = self.save()
                 if stopping:
-                    raise Interrupted(self._stop_signal, path)
+                    raise Interrupted(stop_signal, path)
             if due_eval or due_save:
                 self.log.restart_clock()  # evaluation and checkpoints are not training time
 

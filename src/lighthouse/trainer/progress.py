@@ -4,6 +4,10 @@ Per-step values (loss, gradient norm) arrive as device tensors and are kept as t
 `flush` reads them back to the host once per log interval (the only sync of the training
 loop), writes one `train` record to metrics.jsonl, checks them for NaN/Inf and updates the
 progress bar. Time is measured from flush to flush, so on a GPU it includes the queued work.
+
+In a multi-process run every rank keeps a TrainLog: `reduce` averages the losses over the
+ranks at each flush (the only collective here), and only the main rank writes metrics and
+shows the bar.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ from .metrics import MetricsWriter
 
 
 class TrainLog:
-    def __init__(self, name: str, run_dir, total_steps: int, initial_step: int, show: bool, echo=print):
+    def __init__(self, name: str, run_dir, total_steps: int, initial_step: int, show: bool, echo=print,
+                 reduce=None, main: bool = True):
         from tqdm.auto import tqdm
 
         self.name = name
-        self.metrics = MetricsWriter(run_dir)
+        self.metrics = MetricsWriter(run_dir) if main else None
+        show = show and main
         self.bar = tqdm(total=total_steps, initial=initial_step, desc=name, unit="step", disable=not show,
                         dynamic_ncols=True)
         self.write = self.bar.write if show else echo
+        self._reduce = reduce  # losses of all ranks -> their mean (None: one process)
         self._losses: list[torch.Tensor] = []
         self._grad_norm: torch.Tensor | None = None
         self._tok_s_ema: float | None = None
@@ -48,7 +55,10 @@ class TrainLog:
 
         `time_s` is the training time before these steps; returns it with their seconds added.
         """
-        losses = torch.stack(self._losses).float().cpu()  # the sync
+        losses = torch.stack(self._losses).float()
+        if self._reduce is not None:
+            losses = self._reduce(losses)
+        losses = losses.cpu()  # the sync
         grad_norm = float(self._grad_norm)
         dt = time.perf_counter() - self._t0
         steps = len(self._losses)
@@ -60,16 +70,18 @@ class TrainLog:
         tok_s = steps * tokens_per_step / dt if dt > 0 else math.inf
         self._tok_s_ema = tok_s if self._tok_s_ema is None else 0.9 * self._tok_s_ema + 0.1 * tok_s
         time_s += dt
-        self.metrics.write({"kind": "train", **record, "loss": loss, "grad_norm": grad_norm, "time_s": time_s,
-                            "tok_per_s": tok_s})
+        self.record({"kind": "train", **record, "loss": loss, "grad_norm": grad_norm, "time_s": time_s,
+                     "tok_per_s": tok_s})
         self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{self._tok_s_ema:,.0f}",
                              stage=f"{record['stage'] + 1}:{record['attention']}")
         self.restart_clock()
         return time_s
 
     def record(self, record: dict) -> None:
-        self.metrics.write(record)
+        if self.metrics is not None:
+            self.metrics.write(record)
 
     def close(self) -> None:
         self.bar.close()
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()

@@ -67,12 +67,21 @@ class Stepper:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         for _ in range(self.accum):
-            w_BN1 = self.batches.next_batch(self.cfg.micro_batch).to(self.device, non_blocking=True)
+            x_BN, y_BN = self.next_micro_batch()
             with autocast(self.device, self.amp_dtype):
-                loss = self.forward(w_BN1[:, :-1], w_BN1[:, 1:])
+                loss = self.forward(x_BN, y_BN)
             (loss / self.accum).backward()
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
+        grad_norm = self.clip_gradients()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum / self.accum, grad_norm
+
+    def next_micro_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs_BN, targets_BN) of the next micro-batch, on the device."""
+        w_BN1 = self.batches.next_batch(self.cfg.micro_batch).to(self.device, non_blocking=True)
+        return w_BN1[:, :-1], w_BN1[:, 1:]
+
+    def clip_gradients(self) -> torch.Tensor:
+        """Clip the global gradient norm to `optim.grad_clip`; returns the norm before clipping."""
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
