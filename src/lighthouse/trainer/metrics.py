@@ -2,7 +2,9 @@
 installed), and the end-of-run summary table.
 
 Record kinds (field "kind"):
-  train      step, stage, attention, tokens, loss (nats/token), lr, grad_norm, time_s, tok_per_s
+  train      step, stage, attention, tokens, loss (nats/token, mean since the previous record), lr,
+             grad_norm, time_s, tok_per_s, and on CUDA peak_gib (rank 0's peak allocated memory
+             since the previous record)
   eval       step, stage, attention, tokens, val_bpb, val_loss, time_s
   stage_end  step, stage, attention, tokens, time_s, val_bpb (with the stage's attention),
              val_bpb_dense (with dense attention everywhere)

@@ -70,8 +70,12 @@ class TrainLog:
         tok_s = steps * tokens_per_step / dt if dt > 0 else math.inf
         self._tok_s_ema = tok_s if self._tok_s_ema is None else 0.9 * self._tok_s_ema + 0.1 * tok_s
         time_s += dt
+        extra = {}
+        if torch.cuda.is_available():  # this process's peak since the last flush (a host-side counter: no sync)
+            extra["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
         self.record({"kind": "train", **record, "loss": loss, "grad_norm": grad_norm, "time_s": time_s,
-                     "tok_per_s": tok_s})
+                     "tok_per_s": tok_s, **extra})
         self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{self._tok_s_ema:,.0f}",
                              stage=f"{record['stage'] + 1}:{record['attention']}")
         self.restart_clock()
