@@ -42,7 +42,8 @@ for part in "$@"; do
       # One 512K sequence over 2 GPUs: Lighthouse in every layer, then dense context-parallel attention.
       timeout 420 python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m lighthouse train \
         --config configs/recipe-64k.toml --no-progress --set "out_dir=\"$out/runs\"" --set name=cp2-512k \
-        --set 'data.source="stdlib"' --set parallel.cp=2 --set data.seq_len=524288 --set model.dense_layers=[] \
+        --set 'data.source="stdlib"' --set data.val_fraction=0.1 --set parallel.cp=2 --set data.seq_len=524288 \
+        --set model.dense_layers=[] \
         --set training.activation_checkpointing=true --set data.val_windows=1 --set training.eval_every=0 \
         --set training.checkpoint_every=0 --set training.log_every=1 --set optim.warmup_steps=2 \
         --set stages.0.steps=6 --set stages.1.steps=3 > "$out/cp2.log" 2>&1; tail -n 8 "$out/cp2.log"
