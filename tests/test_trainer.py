@@ -3,6 +3,7 @@
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -206,6 +207,25 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
 def test_unknown_scorer_fails_at_start(tmp_path):
     with pytest.raises(ConfigError, match="'lighthouse.scorer': unknown scorer 'nope'"):
         load_config(tiny_config(tmp_path), ["lighthouse.scorer=nope"])
+
+
+def test_gla_scorer_trains_with_frozen_gates_and_resumes(tmp_path):
+    """scorer = "gla" through the trainer: the gates feed selection, never change, and resume exactly."""
+    from safetensors.torch import load_file
+
+    config = tiny_config(tmp_path, steps=(3, 2), ckpt_every=2)
+    extra = ["lighthouse.scorer=gla", "data.seq_len=512", "training.keep_checkpoints=5"]  # 256 coarse entries, 128 picks
+    full = train(load_config(config, [*extra, "name=gla-full"]), echo=lambda *a: None)
+    first = latest_checkpoint(full.run_dir).parent / "step-00000002"
+    weights = [load_file(str(c / "model.safetensors")) for c in (first, latest_checkpoint(full.run_dir))]
+    gates = [k for k in weights[0] if ".attention.wg." in k]
+    assert gates and all(k.startswith(("layers.1.", "layers.2.")) for k in gates)  # layer 0 is dense
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in gates)  # frozen through both stages
+    assert not torch.equal(weights[0]["layers.1.attention.wq.weight"], weights[1]["layers.1.attention.wq.weight"])
+    before = losses(full.run_dir)
+    shutil.rmtree(latest_checkpoint(full.run_dir))  # back to step 4: step 5 is trained again
+    resumed = train(load_config(config, [*extra, "name=gla-full"]), resume=True, echo=lambda *a: None)
+    assert resumed.resumed_from == 4 and losses(resumed.run_dir) == before
 
 
 # ---- kill and resume, in subprocesses -------------------------------------------------------
