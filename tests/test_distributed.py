@@ -287,9 +287,9 @@ def test_killed_save_leaves_the_last_checkpoint(tmp_path, monkeypatch):
     """A sharded save interrupted after the shards (before the rename) is invisible; the next save cleans up."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    from lighthouse.distributed.checkpoint import DistributedCheckpointer
-    from lighthouse.distributed.fsdp import build_sharded_model
     from lighthouse.distributed.mesh import ParallelState
+    from lighthouse.trainer.checkpoint_sharded import DistributedCheckpointer
+    from lighthouse.trainer.parallel import build_sharded_model
 
     cfg = load_config(tiny_config(tmp_path))
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
@@ -303,7 +303,7 @@ def test_killed_save_leaves_the_last_checkpoint(tmp_path, monkeypatch):
         def killed(*args, **kwargs):
             raise KeyboardInterrupt("killed while writing")
 
-        monkeypatch.setattr("lighthouse.distributed.checkpoint.save_file", killed)  # after the shards
+        monkeypatch.setattr("lighthouse.trainer.checkpoint_sharded.save_file", killed)  # after the shards
         with pytest.raises(KeyboardInterrupt):
             checkpointer.save(2, model, optimizer, {"step": 2})
         monkeypatch.undo()

@@ -1,9 +1,12 @@
 """Distributed training of Lighthouse models on torch.distributed.
 
-This package holds what spreads one model over several processes: the device mesh, the
-sharding of the sequence dimension, and context parallelism (CP) for the attention layers,
-where the ranks of a process group each hold a load-balanced pair of sequence chunks
-(`context_parallel`). Everything here runs on NCCL (GPU) and gloo (CPU).
+This package holds what spreads one model over several processes, and knows nothing of the
+trainer: the process group and device mesh (`mesh`), FSDP2 sharding of the model (`fsdp`), the
+sharding of the sequence dimension, and context parallelism (CP) for the attention layers, where
+the ranks of a process group each hold a load-balanced pair of sequence chunks
+(`context_parallel`). The trainer's multi-process parts are built on it
+(lighthouse/trainer/parallel.py, checkpoint_sharded.py). Everything here runs on NCCL (GPU)
+and gloo (CPU).
 """
 
 from .context_parallel import (

@@ -1,6 +1,7 @@
 """FSDP2 for the Lighthouse Transformer: every block and the root sharded over the data ranks.
 
-`build_sharded_model(cfg, parallel, amp_dtype)` does, on every rank:
+`shard_model` and `mixed_precision` are the pieces; the trainer's `build_sharded_model`
+(lighthouse/trainer/parallel.py) puts them together on every rank:
 
 1. Build the model on the meta device (no memory); with cp > 1 its attention modules are the
    context-parallel ones (`parts.use_context_parallel`, through `Transformer.attention_builder`).
@@ -28,12 +29,9 @@ under autocast keeps it fp32. On CPU everything is fp32.
 from __future__ import annotations
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from ..model import Transformer
-from ..trainer.config import Config
-from ..trainer.loop import build_model
 from .mesh import ParallelState
 
 
@@ -49,22 +47,4 @@ def shard_model(model: Transformer, parallel: ParallelState, policy: MixedPrecis
     for block in model.layers:
         fully_shard(block, mesh=parallel.shard_mesh, mp_policy=policy)
     fully_shard(model, mesh=parallel.shard_mesh, mp_policy=policy)
-    return model
-
-
-def build_sharded_model(cfg: Config, parallel: ParallelState, amp_dtype: torch.dtype | None) -> Transformer:
-    """The model of `cfg` sharded over the ranks, with the weights a single process would start from.
-
-    Call it right after seeding the RNGs, as `build_model` in a single process.
-    """
-    from .parts import use_context_parallel  # the parts import the trainer, which may import this module
-
-    model = build_model(cfg, "meta")
-    if parallel.cp > 1:
-        use_context_parallel(model, parallel)
-    shard_model(model, parallel, mixed_precision(parallel.device, amp_dtype))
-    model.to_empty(device=parallel.device)
-    # Rank 0 draws the initial weights as a one-process run would; the others receive their shards.
-    full = build_model(cfg, parallel.device).state_dict() if parallel.is_main else {}
-    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     return model

@@ -24,14 +24,10 @@ import os
 import pickle
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-
-if TYPE_CHECKING:
-    from ..trainer.config import Config
 
 MESH_DIMS = ("dp", "cp")
 
@@ -163,11 +159,9 @@ class ParallelState:
         return out
 
     @contextlib.contextmanager
-    def run_lock(self, run_dir):
-        """The run's lock, held by rank 0 (one trainer per run); every rank fails if it is taken."""
-        from ..trainer.checkpoint import RunLock  # the trainer imports this module: not at the top
-
-        lock = RunLock(run_dir)
+    def on_main_held(self, make_lock):
+        """A lock (anything with acquire/release) that rank 0 holds for the block; every rank fails if it is taken."""
+        lock = make_lock()
         self.on_main(lambda: lock.acquire() and None)
         try:
             yield
@@ -184,20 +178,19 @@ def _portable(error: Exception) -> Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")
 
 
-def join_parallel(cfg: Config, device: torch.device) -> ParallelState:
+def join_parallel(dp: int, cp: int, device: torch.device) -> ParallelState:
     """This process's place in the run: a world of one, or (under torchrun) a rank of the ("dp", "cp") mesh.
 
-    Joins the process group if the launcher did not; checks `[parallel]` against WORLD_SIZE
-    first (a ConfigError naming the key, on every rank).
+    `dp * cp` must be the launch's world size (the trainer checks its `[parallel]` section
+    first). Joins the process group if the launcher did not.
     """
-    from ..trainer.config import ConfigError, resolve_parallel
-
     world = launched_world_size()
-    dp, cp = resolve_parallel(cfg, world)
+    if dp * cp != world:
+        raise ValueError(f"dp * cp = {dp} * {cp} must equal the number of processes, {world}")
     if world == 1:
         return ParallelState(device)
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"'training.device' = {device.type!r}: multi-process training runs on cuda or cpu")
+        raise ValueError(f"multi-process training runs on cuda or cpu, not {device.type!r}")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)

@@ -323,7 +323,7 @@ class Checkpointer:
     def load(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device) -> dict:
         """Weights into `model`, moments into `optimizer`; returns the rest of the state."""
         if is_sharded(path):  # written by a multi-process run: torch.distributed.checkpoint reshards it
-            from ..distributed.checkpoint import load_sharded
+            from .checkpoint_sharded import load_sharded
 
             load_sharded(path, model, optimizer)
             return load_state(path, device)

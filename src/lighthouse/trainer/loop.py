@@ -15,8 +15,8 @@ The parts, one job each: `Stepper` (stepper.py), `Evaluator` (below, on evals/bp
 
 Under torchrun (WORLD_SIZE > 1) every rank runs this same loop; setup joins the process group
 (`ParallelState`, lighthouse/distributed/mesh.py) and picks the multi-process parts: a model
-sharded with FSDP2, a stepper that keeps the rank's rows, a sharded evaluator and checkpointer
-(lighthouse/distributed/). Rank 0 owns the run's files (lock, metrics, config.toml, the choice
+sharded with FSDP2, a stepper that keeps the rank's rows, a sharded evaluator (parallel.py) and
+checkpointer (checkpoint_sharded.py), built on lighthouse/distributed/. Rank 0 owns the run's files (lock, metrics, config.toml, the choice
 of checkpoint); the others follow its decisions.
 """
 
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..distributed.mesh import join_parallel
+from ..distributed.mesh import join_parallel, launched_world_size
 from ..evals.bpb import evaluate
 from ..model import Transformer
-from .checkpoint import CHECKPOINT_DIR, Checkpointer, rng_state, set_rng_state
-from .config import Config, ConfigError, from_dict, to_dict, to_toml
+from .checkpoint import CHECKPOINT_DIR, Checkpointer, RunLock, rng_state, set_rng_state
+from .config import Config, ConfigError, from_dict, resolve_parallel, to_dict, to_toml
 from .data import ByteData
 from .metrics import METRICS_FILE, stage_rows, truncate_metrics
 from .progress import TrainLog
@@ -150,7 +150,7 @@ class Trainer:
 
         warn = lambda msg: self.echo(f"[{cfg.name}] warning: {msg}")  # noqa: E731
         if par.distributed:
-            from ..distributed.checkpoint import DistributedCheckpointer
+            from .checkpoint_sharded import DistributedCheckpointer
 
             self.checkpointer = DistributedCheckpointer(cfg.run_dir, t.keep_checkpoints, par, warn=warn)
         else:
@@ -166,7 +166,7 @@ class Trainer:
         random.seed(t.seed)
         np.random.seed(t.seed)
         if par.distributed:
-            from ..distributed.fsdp import build_sharded_model
+            from .parallel import build_sharded_model
 
             self.model = build_sharded_model(cfg, par, self.amp_dtype)
         else:
@@ -187,7 +187,7 @@ class Trainer:
         self.resumed_from = self.step
         forward = torch.compile(self.model) if t.compile else self.model
         if par.distributed:
-            from ..distributed.parts import DistributedEvaluator, DistributedStepper
+            from .parallel import DistributedEvaluator, DistributedStepper
 
             self.stepper = DistributedStepper(cfg, self.model, forward, self.optimizer, self.data.train, par,
                                               self.amp_dtype)
@@ -273,10 +273,16 @@ class Trainer:
     def run(self, progress: bool | None = None) -> RunResult:
         cfg, t = self.cfg, self.cfg.training
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        self.parallel = join_parallel(cfg, resolve_device(t.device))  # one process, or a rank of a torchrun launch
+        # One process, or a rank of a torchrun launch; [parallel] is checked against the launch first.
+        device = resolve_device(t.device)
+        world = launched_world_size()
+        dp, cp = resolve_parallel(cfg, world)
+        if world > 1 and device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"'training.device' = {device.type!r}: multi-process training runs on cuda or cpu")
+        self.parallel = join_parallel(dp, cp, device)
         if not self.parallel.is_main:
             self.echo = lambda *args, **kwargs: None  # rank 0 speaks for the run
-        with self.parallel.run_lock(cfg.run_dir):
+        with self.parallel.on_main_held(lambda: RunLock(cfg.run_dir)):  # one trainer per run
             self._setup()
             total = cfg.total_steps
             if self.step >= total:

@@ -54,7 +54,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from ..trainer.checkpoint import (
+from ..distributed.mesh import ParallelState
+from .checkpoint import (
     DATA_FILES,
     SHARDED_DIR,
     CheckpointError,
@@ -70,7 +71,6 @@ from ..trainer.checkpoint import (
     seal_checkpoint,
     sha256_file,
 )
-from .mesh import ParallelState
 
 log = logging.getLogger("lighthouse.checkpoint")
 

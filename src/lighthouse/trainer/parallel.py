@@ -1,5 +1,8 @@
 """The trainer's parts for a multi-process run: what differs from one process.
 
+- `build_sharded_model`: the model built on meta, sharded with FSDP2 (lighthouse/distributed/fsdp.py),
+  and filled with the weights a single process would start from.
+
 - `DistributedStepper`: the rows of each global micro-batch are split over the data-parallel
   ranks, and with cp > 1 every sequence over the context-parallel ranks; FSDP averages the
   gradients; the gradient norm it clips by is the global one.
@@ -27,16 +30,18 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.tensor import DTensor
 
+from ..distributed.context_parallel import ContextParallelDense, ContextParallelLighthouse, shard_rope, shard_sequence
+from ..distributed.fsdp import mixed_precision, shard_model
+from ..distributed.mesh import ParallelState
 from ..evals.common import autocast, eval_mode
 from ..model import BYTE_VOCAB, Transformer
 from ..rope import apply_rotary_dense, rope_tables
-from ..trainer.config import Config, micro_batch_per_rank
-from ..trainer.loop import Evaluator
-from ..trainer.stepper import Stepper
-from .context_parallel import ContextParallelDense, ContextParallelLighthouse, shard_rope, shard_sequence
-from .mesh import ParallelState
+from .config import Config, micro_batch_per_rank
+from .loop import Evaluator, build_model
+from .stepper import Stepper
 
 
 def inputs_and_targets(w_BN1: torch.Tensor, parallel: ParallelState) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,3 +174,19 @@ def use_context_parallel(model: Transformer, parallel: ParallelState) -> None:
 
     model.attention_builder = build
     model.set_attention("dense")  # the modules made with the model are not context-parallel yet
+
+
+def build_sharded_model(cfg: Config, parallel: ParallelState, amp_dtype: torch.dtype | None) -> Transformer:
+    """The model of `cfg` sharded over the ranks, with the weights a single process would start from.
+
+    Call it right after seeding the RNGs, as `build_model` in a single process.
+    """
+    model = build_model(cfg, "meta")
+    if parallel.cp > 1:
+        use_context_parallel(model, parallel)
+    shard_model(model, parallel, mixed_precision(parallel.device, amp_dtype))
+    model.to_empty(device=parallel.device)
+    # Rank 0 draws the initial weights as a one-process run would; the others receive their shards.
+    full = build_model(cfg, parallel.device).state_dict() if parallel.is_main else {}
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
