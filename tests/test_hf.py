@@ -418,3 +418,19 @@ def test_bench_hf_cpu_smoke(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["attn_implementation"] for r in rows] == ["lighthouse", "sdpa"]
     assert all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_export_of_a_gla_model_leaves_the_gates_out():
+    """The gla scorer's frozen gates select entries only: the exported dense Llama has no use for them."""
+    from lighthouse import LighthouseConfig
+    from lighthouse.integrations.export import hf_state_dict, lighthouse_settings
+    from lighthouse.model import ModelArgs, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=32, n_layers=3, n_heads=2, n_kv_heads=1, ffn_hidden=64, dense_layers=[0]),
+                        LighthouseConfig(levels=2, pooling=2, topk=128, scorer="gla"))
+    assert any(".wg." in k for k in model.state_dict())
+    names = hf_state_dict(model)
+    assert not any("wg" in k for k in names) and "model.layers.2.self_attn.q_proj.weight" in names
+    assert lighthouse_settings(model) is None
+

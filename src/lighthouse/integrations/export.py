@@ -76,6 +76,8 @@ def hf_state_dict(model: Transformer, dtype: torch.dtype | None = None) -> dict[
     for name, tensor in model.state_dict().items():
         if tied and name == "output.weight":
             continue
+        if ".attention.wg." in name:  # the gla scorer's frozen gates: selection only, no part of the dense model
+            continue
         t = tensor.detach().to("cpu")
         out[hf_name(name)] = (t.to(dtype) if dtype is not None else t).contiguous().clone()
     return out
@@ -108,9 +110,9 @@ def llama_config(args: ModelArgs, max_position_embeddings: int, lighthouse: dict
 
 
 def lighthouse_settings(model: Transformer) -> dict | None:
-    """The model's Lighthouse settings as `config.lighthouse` of `lighthouse.hf` (None for a Scorer object)."""
+    """The model's Lighthouse settings as `config.lighthouse` of `lighthouse.hf` (None for a Scorer object or gla)."""
     cfg = model.lighthouse
-    if not isinstance(cfg.scorer, str):
+    if not isinstance(cfg.scorer, str) or cfg.scorer == "gla":  # gla needs its gates, which the export leaves out
         return None
     return {"levels": cfg.levels, "pooling": cfg.pooling, "topk": cfg.topk, "scorer": cfg.scorer,
             "dense_layers": list(model.args.dense_layers), "rope": model.args.rope}
