@@ -27,17 +27,8 @@ from pathlib import Path
 import torch
 
 from .config import TILE_WIDTH, LighthouseConfig
+from .eval_tasks import parse_lengths
 from .model import VOCAB_SIZE, Transformer
-
-
-def parse_lengths(text: str) -> list[int]:
-    """'16K,98304,1M' -> [16384, 98304, 1048576]."""
-    out = []
-    for item in text.split(","):
-        item = item.strip().upper()
-        scale = {"K": 1 << 10, "M": 1 << 20}.get(item[-1:], 1)
-        out.append(int(item[:-1] if scale > 1 else item) * scale)
-    return out
 
 
 def fitted_lighthouse(cfg: LighthouseConfig, seq_len: int) -> LighthouseConfig:
