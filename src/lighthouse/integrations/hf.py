@@ -75,7 +75,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..attention import lighthouse_attention
 from ..config import LighthouseConfig, LighthouseConfigError, LighthouseConfigTypeError
-from ..rope import rotate_half
+from ..rope import apply_rotary_dense
 
 ATTN_IMPLEMENTATION = "lighthouse"
 ROPE_PLACEMENTS = ("pre-pool", "window-end")
@@ -301,9 +301,8 @@ def _rope_tables(config, position_ids: torch.Tensor | None, N: int, D: int, devi
 
 
 def _unrotate(x_BHND: torch.Tensor, cos_ND: torch.Tensor, sin_ND: torch.Tensor) -> torch.Tensor:
-    """Rotate by -theta: RoPE is orthogonal, so this undoes transformers' rotation (in float32)."""
-    xf = x_BHND.float()
-    return (xf * cos_ND - rotate_half(xf) * sin_ND).to(x_BHND.dtype)
+    """Rotate by -theta: RoPE is orthogonal, so this undoes transformers' rotation (in float32 or wider)."""
+    return apply_rotary_dense(x_BHND, cos_ND, -sin_ND)
 
 
 # ---- the attention function ----------------------------------------------------------------------
