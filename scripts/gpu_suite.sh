@@ -4,8 +4,12 @@
 #   bash scripts/gpu_suite.sh OUT_DIR bench     attention and scorer benchmarks
 #   bash scripts/gpu_suite.sh OUT_DIR train     training throughput (recipe preset and the paper's shape)
 #   bash scripts/gpu_suite.sh OUT_DIR hf        Hugging Face model at 64K, "sdpa" vs "lighthouse"
-#   bash scripts/gpu_suite.sh OUT_DIR dist      (2 GPUs) data-parallel scaling at 64K, context parallelism at 512K
+#   bash scripts/gpu_suite.sh OUT_DIR kernels   kernel tests compiled on CUDA (no extra packages needed)
+#   bash scripts/gpu_suite.sh OUT_DIR recipe    the recipe experiment (scripts/recipe.py), one arm per GPU
+#   bash scripts/gpu_suite.sh OUT_DIR dist      (2+ GPUs) data-parallel scaling at 64K on 1, 2 and 4 GPUs;
+#                                               context parallelism at 512K on 2 GPUs and 1M on 4, Lighthouse vs dense
 # Parts run in the order given; a failing part does not stop the next. Needs PYTHONPATH=src or an install.
+# Checkpoints stay under OUT_DIR; copy it without */checkpoints to keep only logs, metrics and results.
 set -uo pipefail
 out=$1; shift
 mkdir -p "$out"
@@ -29,25 +33,41 @@ for part in "$@"; do
         --out "$out/train_paper.json" > "$out/train_paper.log" 2>&1; tail -n 12 "$out/train_paper.log" ;;
     hf)
       python3 -m lighthouse.bench hf --out "$out/hf.json" > "$out/hf.log" 2>&1; tail -n 12 "$out/hf.log" ;;
+    kernels)
+      python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tee "$out/pytest_cuda.log" | tail -n 3 ;;
+    recipe)
+      gpus=$(python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))')
+      python3 scripts/recipe.py --config configs/recipe-64k.toml --gpus "$gpus" --out "$out/recipe" --deadline 3000 \
+        > "$out/recipe.log" 2>&1; tail -n 8 "$out/recipe.log" ;;
     dist)
-      # The recipe model (27.5M, 8 layers); the same 4 sequences of 64K per step on 1 GPU (accumulated) and on 2.
+      n=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+      # The recipe model (27.5M, 8 layers); the same 4 sequences of 64K per step on 1 GPU (accumulated), 2 and 4.
       common=(--config configs/recipe-64k.toml --no-progress --set "out_dir=\"$out/runs\"" --set 'data.source="stdlib"'
               --set data.val_windows=2 --set training.eval_every=0 --set training.checkpoint_every=0
               --set training.log_every=5 --set optim.warmup_steps=5 --set training.batch_size=4
               --set training.micro_batch_size=1 --set stages.0.steps=20 --set stages.1.steps=5)
-      CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m lighthouse train "${common[@]}" --set name=dp1-64k \
-        > "$out/dp1.log" 2>&1; tail -n 6 "$out/dp1.log"
-      timeout 300 python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m lighthouse train "${common[@]}" \
-        --set name=dp2-64k > "$out/dp2.log" 2>&1; tail -n 6 "$out/dp2.log"
-      # One 512K sequence over 2 GPUs: Lighthouse in every layer, then dense context-parallel attention.
-      timeout 420 python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m lighthouse train \
-        --config configs/recipe-64k.toml --no-progress --set "out_dir=\"$out/runs\"" --set name=cp2-512k \
-        --set 'data.source="stdlib"' --set data.val_fraction=0.1 --set parallel.cp=2 --set data.seq_len=524288 \
-        --set model.dense_layers=[] \
-        --set training.activation_checkpointing=true --set data.val_windows=1 --set training.eval_every=0 \
-        --set training.checkpoint_every=0 --set training.log_every=1 --set optim.warmup_steps=2 \
-        --set stages.0.steps=6 --set stages.1.steps=3 > "$out/cp2.log" 2>&1; tail -n 8 "$out/cp2.log"
-      for r in dp1-64k dp2-64k cp2-512k; do cp "$out/runs/$r/metrics.jsonl" "$out/$r.metrics.jsonl" 2>/dev/null; done ;;
+      for g in 1 2 4; do
+        [ "$g" -le "$n" ] || continue
+        CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((g - 1))) timeout 300 python3 -m torch.distributed.run --standalone \
+          --nproc-per-node "$g" -m lighthouse train "${common[@]}" --set name=dp$g-64k > "$out/dp$g.log" 2>&1
+        tail -n 4 "$out/dp$g.log"; cp "$out/runs/dp$g-64k/metrics.jsonl" "$out/dp$g-64k.metrics.jsonl" 2>/dev/null
+      done
+      # One long sequence per step split over the GPUs: Lighthouse in every layer (L=3, p=4, K=1024), then the
+      # same model with dense attention, then the paper's layout (4 dense layers); one launch each.
+      cp_run() {  # GPUS LENGTH ATTENTION [--set ...]
+        local g=$1 len=$2 kind=$3; shift 3
+        CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((g - 1))) timeout 420 python3 -m torch.distributed.run --standalone \
+          --nproc-per-node "$g" -m lighthouse.bench cp --config configs/recipe-64k.toml --seq-len "$len" \
+          --attention "$kind" --activation-checkpointing --out "$out/cp.json" "$@" >> "$out/cp.log" 2>&1
+        echo "cp $g GPUs $len $kind $*: exit $?"; grep "^N=" "$out/cp.log" | tail -n 1
+      }
+      [ "$n" -ge 2 ] && for kind in lighthouse dense; do cp_run 2 512K $kind --set 'model.dense_layers=[]'; done
+      if [ "$n" -ge 4 ]; then
+        for kind in lighthouse dense; do cp_run 4 1M $kind --set 'model.dense_layers=[]' --steps 2; done
+        cp_run 4 1M lighthouse --steps 2
+      fi
+      free -g | head -n 2; dmesg 2>/dev/null | grep -i -E "killed process|out of memory" | tail -n 3
+      python3 -c "import json,sys; from lighthouse.bench_cp import format_table; print(format_table(json.load(open(sys.argv[1]))['rows']))" "$out/cp.json" ;;
     *) echo "unknown part $part"; status=2 ;;
   esac
 done

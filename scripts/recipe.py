@@ -11,8 +11,10 @@ Phases, each resumable:
              c  as b with pre-pool RoPE
              d  Lighthouse for all steps (its stage end is evaluated with Lighthouse and densely)
              and with --extra: e  Lighthouse for 14/16, then dense;  f  as b with the dilated scorer
-  3. evals   per arm: validation bpb by position bucket, passkey accuracy by length and depth
-  4. summary results.json and results.md (one table row per arm) and the plot of all arms
+  3. evals   per arm, on its GPU right after its training: validation bpb by position bucket,
+             passkey accuracy by length and depth (heat map), both with dense attention
+  4. summary results.json (one entry per arm: stages, tokens, wall-clock, tok/s, final dense bpb,
+             when it first reached arm a's final bpb, position buckets, passkey) and the plot
 
 Same model, seed, data order and token budget in every arm: the arms differ only in their
 [[stages]] and the stated setting. Runs go one per GPU (CUDA_VISIBLE_DEVICES) in parallel, or
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -62,40 +65,53 @@ def plan(cfg, lr: float | None, extra: bool) -> dict[str, list[str]]:
 
 
 class Runner:
-    """Runs `lighthouse` commands, one per device at a time, until a deadline."""
+    """Runs chains of `lighthouse` commands, one chain per device at a time, until a deadline.
+
+    A job is (name, [argv, ...]): its commands run one after another on the same device (an
+    arm's training, then its evaluations), so a device that finishes early starts the next job.
+    """
 
     def __init__(self, gpus: list[str], deadline: float, log_dir: Path):
         self.gpus, self.deadline, self.log_dir = gpus, deadline, log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def run_all(self, jobs: list[tuple[str, list[str]]]) -> bool:
-        """Run (name, argv) jobs; True when every one finished, False when the deadline stopped some."""
-        pending, running, finished = list(jobs), {}, True
+    def _start(self, gpu: str, name: str, argv: list[str]):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if gpu != "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        log = open(self.log_dir / f"{name}.log", "a")
+        print(f"[{time.strftime('%H:%M:%S')}] {name} on {gpu}: {' '.join(argv)}", flush=True)
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+    def run_all(self, jobs: list[tuple[str, list[list[str]]]]) -> bool:
+        """Run the jobs; True when every command finished, False when one failed or the deadline stopped it."""
+        pending = [(name, list(chain)) for name, chain in jobs if chain]
+        running: dict[str, tuple] = {}  # gpu -> (name, remaining commands, Popen, log)
+        finished = True
         while pending or running:
             for gpu in self.gpus:
                 if gpu not in running and pending:
-                    name, argv = pending.pop(0)
-                    env = dict(os.environ, PYTHONUNBUFFERED="1")
-                    if gpu != "cpu":
-                        env["CUDA_VISIBLE_DEVICES"] = gpu
-                    log = open(self.log_dir / f"{name}.log", "a")
-                    print(f"[{time.strftime('%H:%M:%S')}] {name} on {gpu}: {' '.join(argv)}", flush=True)
-                    running[gpu] = (name, subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+                    name, chain = pending.pop(0)
+                    running[gpu] = (name, chain[1:], *self._start(gpu, name, chain[0]))
             time.sleep(2)
-            for gpu, (name, proc, log) in list(running.items()):
+            for gpu, (name, rest, proc, log) in list(running.items()):
                 if proc.poll() is None and time.time() > self.deadline:
                     proc.terminate()  # SIGTERM: the trainer checkpoints and exits
                     try:
                         proc.wait(120)
                     except subprocess.TimeoutExpired:
                         proc.kill()
-                if proc.poll() is not None:
-                    log.close()
-                    del running[gpu]
-                    ok = proc.returncode == 0
-                    finished &= ok
-                    print(f"[{time.strftime('%H:%M:%S')}] {name}: {'done' if ok else f'stopped (exit {proc.returncode})'}",
-                          flush=True)
+                if proc.poll() is None:
+                    continue
+                log.close()
+                ok = proc.returncode == 0
+                if ok and rest and time.time() < self.deadline:
+                    running[gpu] = (name, rest[1:], *self._start(gpu, name, rest[0]))
+                    continue
+                del running[gpu]
+                finished &= ok and not rest
+                print(f"[{time.strftime('%H:%M:%S')}] {name}: {'done' if ok and not rest else f'stopped (exit {proc.returncode})'}",
+                      flush=True)
             if time.time() > self.deadline and pending:
                 return False
         return finished
@@ -112,16 +128,77 @@ def final_bpb(run_dir: Path) -> float | None:
     return ends[-1]["val_bpb_dense"] if ends else None
 
 
+def dense_curve(run_dir: Path) -> list[tuple[float, int, float]]:
+    """(training seconds, step, validation bpb with dense attention) of every dense-evaluated point of a run."""
+    points = []
+    for r in read_metrics(run_dir):
+        if r.get("kind") == "eval" and r.get("attention") == "dense":
+            points.append((r["time_s"], r["step"], r["val_bpb"]))
+        elif r.get("kind") == "stage_end" and r.get("attention") != "dense":
+            points.append((r["time_s"], r["step"], r["val_bpb_dense"]))
+    return sorted(points)
+
+
+def first_reaching(run_dir: Path, target: float) -> dict | None:
+    """The first dense-evaluated point at or below `target` bpb: an upper bound on the time to reach it
+    (evaluations are `training.eval_every` steps apart)."""
+    for time_s, step, bpb in dense_curve(run_dir):
+        if bpb <= target:
+            return {"time_s": time_s, "step": step, "val_bpb_dense": bpb}
+    return None
+
+
+def eval_commands(out: Path, name: str, lengths: str, windows: int) -> list[list[str]]:
+    """The evaluations of an arm's final checkpoint not done yet (dense attention: the model users ship)."""
+    commands = []
+    for task, extra in (("position", ["--windows", str(windows)]), ("passkey", ["--lengths", lengths])):
+        if not (out / "evals" / name / f"{task}.json").is_file():
+            commands.append([sys.executable, "-m", "lighthouse", "eval", "--checkpoint", str(out / name), "--task", task,
+                             "--attention", "dense", "--out", str(out / "evals" / name), *extra])
+    return commands
+
+
+def summarize(out: Path, config: str, state: dict, arms: dict) -> dict:
+    """results.json: one entry per arm, and how each compares with the dense baseline (the first arm)."""
+    summary = {"config": config, "lr": state.get("lr"), "sweep": state.get("sweep"), "arms": {}}
+    baseline = next(iter(arms))
+    target = final_bpb(out / baseline)
+    baseline_time = sum(r["time_s"] for r in stage_rows(out / baseline))
+    for name in arms:
+        rows = stage_rows(out / name)
+        position = json.loads((out / "evals" / name / "position.json").read_text())
+        passkey = json.loads((out / "evals" / name / "passkey.json").read_text())
+        cells = passkey["results"]
+        time_s = sum(r["time_s"] for r in rows)
+        reached = first_reaching(out / name, target) if target is not None else None
+        summary["arms"][name] = {
+            "stages": [{**{k: r[k] for k in ("attention", "steps", "tokens", "time_s", "val_bpb", "val_bpb_dense")},
+                        "tok_per_s_median": statistics.median(r["step_rates"][1:] or r["step_rates"])}
+                       for r in rows],
+            "tokens": sum(r["tokens"] for r in rows), "time_s": time_s,
+            "time_vs_baseline": time_s / baseline_time if baseline_time else None,
+            "final_val_bpb_dense": rows[-1]["val_bpb_dense"] if rows else None,
+            "final_val_bpb_own_attention": rows[-1]["val_bpb"] if rows else None,
+            "reached_baseline_final_bpb": reached,
+            "time_to_baseline_final_vs_baseline_time": reached["time_s"] / baseline_time if reached else None,
+            "position": position["buckets"],
+            "passkey": cells,
+            "passkey_accuracy": sum(c["accuracy"] for c in cells) / max(1, len(cells)),
+        }
+    return summary
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/recipe-64k.toml")
     ap.add_argument("--out", default="runs/recipe", help="folder of all runs, logs and results")
     ap.add_argument("--gpus", default="0", help="comma-separated CUDA device ids, or 'cpu'")
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds this invocation may run")
-    ap.add_argument("--lrs", default="1e-3,2e-3,4e-3", help="learning rates of the dense sweep ('' to skip)")
+    ap.add_argument("--lrs", default="5e-4,1e-3,2e-3,4e-3", help="learning rates of the dense sweep ('' to skip)")
     ap.add_argument("--sweep-steps", type=int, default=200)
     ap.add_argument("--extra", action="store_true", help="also the 14/16 recovery arm and the dilated scorer")
     ap.add_argument("--passkey-lengths", default=None, help="default: 1/4, 1/2 and all of data.seq_len")
+    ap.add_argument("--position-windows", type=int, default=32, help="validation windows of the position eval")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="applies to every run")
     args = ap.parse_args()
 
@@ -137,7 +214,7 @@ def main() -> int:
         sweep = {f"sweep-lr{lr:g}": [*args.overrides, f"optim.lr={lr}", *arm_overrides(args.sweep_steps, 0),
                                      f"optim.warmup_steps={min(cfg.optim.warmup_steps, args.sweep_steps // 4)}"]
                  for lr in lrs}
-        if not runner.run_all([(n, train_argv(args.config, n, out, o)) for n, o in sweep.items()]):
+        if not runner.run_all([(n, [train_argv(args.config, n, out, o)]) for n, o in sweep.items()]):
             print("not finished: run again to continue")
             return 3
         scores = {float(n.removeprefix("sweep-lr")): final_bpb(out / n) for n in sweep}
@@ -147,46 +224,27 @@ def main() -> int:
         state_file.write_text(json.dumps(state, indent=1))
         print(f"sweep (final val bpb by lr): {scores}; every arm uses lr={state['lr']}")
 
-    # 2. the arms
+    # 2 and 3. the arms, each followed on its device by its evaluations
+    n = cfg.data.seq_len
+    lengths = args.passkey_lengths or f"{n // 4},{n // 2},{n}"
     arms = plan(cfg, state.get("lr"), args.extra)
-    jobs = [(n, train_argv(args.config, n, out, [*args.overrides, *o])) for n, o in arms.items()]
+    jobs = [(name, [train_argv(args.config, name, out, [*args.overrides, *o]),
+                    *eval_commands(out, name, lengths, args.position_windows)])
+            for name, o in arms.items()]
     if not runner.run_all(jobs):
         print("not finished: run again to continue")
         return 3
 
-    # 3. evaluations of every arm's final checkpoint (dense attention: the model users ship)
-    n = cfg.data.seq_len
-    lengths = args.passkey_lengths or f"{n // 4},{n // 2},{n}"
-    evals = []
-    for name in arms:
-        for task, extra in (("position", []), ("passkey", ["--lengths", lengths])):
-            if not (out / "evals" / name / f"{task}.json").is_file():
-                argv = [sys.executable, "-m", "lighthouse", "eval", "--checkpoint", str(out / name), "--task", task,
-                        "--attention", "dense", "--out", str(out / "evals" / name), *extra]
-                evals.append((f"eval-{task}-{name}", argv))
-    if not runner.run_all(evals):
-        print("not finished: run again to continue")
-        return 3
-
     # 4. summary
-    summary = {"config": args.config, "lr": state.get("lr"), "sweep": state.get("sweep"), "arms": {}}
-    for name in arms:
-        rows = stage_rows(out / name)
-        position = json.loads((out / "evals" / name / "position.json").read_text())
-        passkey = json.loads((out / "evals" / name / "passkey.json").read_text())
-        cells = passkey["results"]
-        summary["arms"][name] = {
-            "stages": [{k: r[k] for k in ("attention", "steps", "tokens", "time_s", "val_bpb", "val_bpb_dense")}
-                       for r in rows],
-            "tokens": sum(r["tokens"] for r in rows), "time_s": sum(r["time_s"] for r in rows),
-            "final_val_bpb_dense": rows[-1]["val_bpb_dense"] if rows else None,
-            "position": position["buckets"],
-            "passkey_accuracy": sum(c["accuracy"] for c in cells) / max(1, len(cells)),
-        }
+    summary = summarize(out, args.config, state, arms)
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     subprocess.run([sys.executable, "-m", "lighthouse", "plot", *[str(out / n) for n in arms],
                     "-o", str(out / "recipe.png")], check=False)
-    print(json.dumps(summary["arms"], indent=1)[:4000])
+    for name, arm in summary["arms"].items():
+        reach = arm["time_to_baseline_final_vs_baseline_time"]
+        print(f"{name:<26} {arm['tokens']:>12,} tokens  {arm['time_s']:8.1f} s ({arm['time_vs_baseline']:.2f}x)  "
+              f"final dense bpb {arm['final_val_bpb_dense']:.4f}  reaches the baseline's final bpb at "
+              f"{'never' if reach is None else f'{reach:.2f}x'} of its time  passkey {arm['passkey_accuracy']:.2f}")
     print(f"all done: {out / 'results.json'}, {out / 'recipe.png'}")
     return 0
 

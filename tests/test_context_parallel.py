@@ -9,6 +9,7 @@ Legend: B batch, H query heads, G key/value heads, N full length, C chunk length
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -53,9 +54,10 @@ class Case:
     dense_chunk_len: int = 32
     B: int = 1
     seed: int = 0
+    backend: str = "auto"  # "triton": the ranks run the chunks on the kernels (Triton's interpreter on CPU)
 
-    def config(self, cp_degree: int) -> LighthouseConfig:
-        return LighthouseConfig(self.levels, self.pooling, 2 * cp_degree * 128 * self.tiles)
+    def config(self, cp_degree: int, backend: str | None = None) -> LighthouseConfig:
+        return LighthouseConfig(self.levels, self.pooling, 2 * cp_degree * 128 * self.tiles, backend=backend or self.backend)
 
     def seq_len(self, cp_degree: int) -> int:
         if self.kind == "dense" or self.levels == 1:
@@ -84,6 +86,7 @@ def cp_cases(cp_degree: int) -> list[Case]:
         cases += [
             Case("lighthouse_L3_rope_gqa", "lighthouse", H=2, G=1, rope=True, levels=3, B=2, seed=6),
             Case("lighthouse_two_tiles_per_chunk", "lighthouse", H=2, G=2, rope=False, tiles=2, seed=7),
+            Case("lighthouse_L3_rope_gqa_kernels", "lighthouse", H=2, G=1, rope=True, levels=3, seed=8, backend="triton"),
         ]
     return cases
 
@@ -91,7 +94,7 @@ def cp_cases(cp_degree: int) -> list[Case]:
 def chunked_or_dense_reference(case: Case, cp_degree: int, q, k, v, rope):
     if case.kind == "dense":
         return dense_causal_attention(q, k, v, rope)
-    return lighthouse_attention_chunked_reference(q, k, v, case.config(cp_degree), cp_degree, rope=rope)
+    return lighthouse_attention_chunked_reference(q, k, v, case.config(cp_degree, "reference"), cp_degree, rope=rope)
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,6 +109,7 @@ def _free_port() -> int:
 def _rank_main(rank: int, cp_degree: int, port: int, out_dir: str) -> None:
     """One CP rank: every case on the local shard, plus the all-gather adjoint; results saved to out_dir."""
     torch.set_num_threads(1)  # R processes share the machine's cores
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # the kernels' cases run on CPU tensors (read when triton loads)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=cp_degree, timeout=timedelta(seconds=90)
     )

@@ -24,6 +24,8 @@ launch ends, however it ends. Shapes are tiny (test_trainer's) and every rank us
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import signal
@@ -54,6 +56,8 @@ from lighthouse.trainer.loop import build_model, train
 from lighthouse.trainer.metrics import read_metrics
 from lighthouse.trainer.stepper import build_optimizer
 from test_trainer import _env, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 LAUNCH_TIMEOUT_S = 150  # one torchrun launch, start-up of every rank included
 TAG = "LIGHTHOUSE_TEST_LAUNCH"  # environment variable that marks the processes of one launch
@@ -116,9 +120,16 @@ def _end(proc: subprocess.Popen, tag: str) -> None:
 @contextmanager
 def launched(nproc: int, config: Path, *args: str):
     """`torchrun --standalone --nproc-per-node nproc -m lighthouse train --config ...`; yields (Popen, tag)."""
+    with launched_module(nproc, "lighthouse", "train", "--config", str(config), "--no-progress", *args) as launch:
+        yield launch
+
+
+@contextmanager
+def launched_module(nproc: int, module: str, *args: str):
+    """`torchrun --standalone --nproc-per-node nproc -m module args...`; yields (Popen, tag)."""
     tag = uuid.uuid4().hex
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "lighthouse", "train", "--config", str(config), "--no-progress", *args]
+           "-m", module, *args]
     env = {**_env(), TAG: tag, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -332,3 +343,22 @@ def test_parallel_config_errors_name_the_key(tmp_path):
         load_config(tiny_config(tmp_path), ["parallel.cp=2", "data.seq_len=1024", "lighthouse.topk=512",
                                             'lighthouse.scorer="dilated"'])
     assert "[parallel]\ndp = 0\ncp = 1" in to_toml(cfg)
+
+
+def test_context_parallel_bench_pairs_lighthouse_and_dense(tmp_path):
+    """`python -m lighthouse.bench cp` under torchrun: one launch per attention kind, rows collected and paired."""
+    from lighthouse.bench_cp import format_table
+
+    out = tmp_path / "cp.json"
+    for kind in ("lighthouse", "dense"):
+        with launched_module(2, "lighthouse.bench", "cp", "--config", str(REPO / "configs" / "demo.toml"),
+                             "--set", "lighthouse.topk=512", "--seq-len", "4K", "--attention", kind,
+                             "--steps", "2", "--warmup", "1", "--out", str(out)) as (proc, _):
+            text, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+        assert proc.returncode == 0, text
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["attention"] for r in rows] == ["lighthouse", "dense"]
+    for r in rows:
+        assert (r["N"], r["cp"], r["steps"]) == (4096, 2, 2)
+        assert 0 < r["min_s"] <= r["step_s"] <= r["max_s"] and math.isfinite(r["loss"])
+    assert f"{rows[0]['step_s']:.2f} | " in format_table(rows) and "x |" in format_table(rows)

@@ -258,3 +258,22 @@ def test_coarsest_span_longer_than_a_block(monkeypatch):
     out = fast(q, k, v, cfg)
     ref = R.lighthouse_reference(q, k, v, cfg)
     assert rel(out, ref) < 1e-5, f"seed {seed}"
+
+
+@pytest.mark.parametrize("R_, L, p, H, G, rope", [(1, 2, 2, 2, 2, False), (2, 2, 2, 2, 1, True), (1, 3, 2, 2, 1, True)])
+def test_context_parallel_chunks_on_the_kernels(R_, L, p, H, G, rope):
+    """The context-parallel decomposition with the kernels per chunk (window-end RoPE at global
+    positions through tables sliced at the chunk start) equals it with the reference per chunk."""
+    from lighthouse.distributed import lighthouse_attention_chunked_reference as chunked
+
+    gen, seed = fresh_generator()
+    topk = 2 * R_ * 128
+    N = 2 * R_ * p ** (L - 1) * 128
+    q, k, v = rand_qkv(1, H, G, N, 8, gen=gen)
+    tables = rope_tables(N + 5, 8, device=DEVICE) if rope else None
+    out = chunked(q, k, v, LighthouseConfig(L, p, topk, backend="triton"), R_, rope=tables)
+    ref = chunked(q, k, v, LighthouseConfig(L, p, topk, backend="reference"), R_, rope=tables)
+    assert rel(out, ref) < 1e-5, f"seed {seed}"
+    g = randn(*out.shape, gen=gen)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        assert rel(a, b) < 1e-5, f"seed {seed}"

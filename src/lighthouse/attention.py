@@ -84,7 +84,8 @@ def dense_causal_attention(q_BHND, k_BGND, v_BGND, rope=None) -> torch.Tensor:
     return F.scaled_dot_product_attention(q_BHND, k_BGND, v_BGND, is_causal=True)
 
 
-def _resolve_backend(backend: str, q: torch.Tensor) -> str:
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    """"auto" -> "triton" for CUDA tensors (when Triton is there), else "reference"; checks an explicit "triton"."""
     if backend == "auto":
         if q.is_cuda:
             from .kernels import triton_available
@@ -152,7 +153,7 @@ def lighthouse_attention(
     if cfg.is_dense:
         return dense_causal_attention(q, k, v, rope)
     cfg.validate_seq_len(q.shape[2])
-    if _resolve_backend(cfg.backend, q) == "triton":
+    if resolve_backend(cfg.backend, q) == "triton":
         from .kernels.fast_path import lighthouse_fast
 
         return lighthouse_fast(q, k, v, cfg, rope=rope, scorer_context=scorer_context)

@@ -22,6 +22,9 @@ form too. It also runs on CPU at small N as a smoke test:
 
 `hf` trains a ~135M-parameter Hugging Face Llama at N=64K with attn_implementation "sdpa" vs
 "lighthouse" (whole steps: tokens/s, peak memory; see `lighthouse.bench_hf`).
+
+`cp` (under torchrun) times whole training steps of one long sequence split over the
+processes by context parallelism, Lighthouse or dense, with peak memory per GPU (`lighthouse.bench_cp`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .bench_cp import add_parser as add_cp_parser
+from .bench_cp import main_cp
 from .bench_hf import add_parser as add_hf_parser
 from .bench_hf import main_hf
 from .bench_train import add_parser as add_train_parser
@@ -462,6 +467,7 @@ def main(argv=None) -> int:
     sc.add_argument("--budget", type=float, default=10.0, help="seconds per timed entry (fewer repeats when slow)")
     add_train_parser(sub)
     add_hf_parser(sub)
+    add_cp_parser(sub)
     args = ap.parse_args(argv)
     if args.what == "hf":
         return main_hf(args, argv)
@@ -469,6 +475,8 @@ def main(argv=None) -> int:
         return main_scorers(args, argv)
     if args.what == "train":
         return main_train(args)
+    if args.what == "cp":
+        return main_cp(args)
     if not torch.cuda.is_available():
         print("the benchmarks need a CUDA device", file=sys.stderr)
         return 2

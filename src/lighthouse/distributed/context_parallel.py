@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
 from .. import reference
-from ..attention import dense_causal_attention
+from ..attention import dense_causal_attention, resolve_backend
 from ..config import TILE_WIDTH, LighthouseConfig
 from ..rope import apply_rotary, apply_rotary_dense
 from ..scorers import NormScorer
@@ -189,7 +189,9 @@ def chunk_config(cfg: LighthouseConfig, cp_degree: int) -> LighthouseConfig:
             f"R={cp_degree}: each of the 2R chunks selects with budget topk/(2R), a multiple of 128; "
             f"try topk={max(step, round(cfg.topk / step) * step)}"
         )
-    return LighthouseConfig(levels=cfg.levels, pooling=cfg.pooling, topk=cfg.topk // (2 * cp_degree), scorer=cfg.scorer)
+    return LighthouseConfig(
+        levels=cfg.levels, pooling=cfg.pooling, topk=cfg.topk // (2 * cp_degree), scorer=cfg.scorer, backend=cfg.backend
+    )
 
 
 def check_context_parallel(cfg: LighthouseConfig, seq_len: int, cp_degree: int) -> LighthouseConfig | None:
@@ -251,21 +253,47 @@ def _check_inputs(q_BHND, k_BGND, v_BGND, rope, seq_len: int) -> None:
 # ---------------------------------------------------------------------------------------
 # Per-chunk building blocks (shared by the single-process reference and the CP layer)
 # ---------------------------------------------------------------------------------------
-def _gather_chunk(q_BHCD, k_BGCD, v_BGCD, chunk_cfg: LighthouseConfig, chunk_start: int, rope):
-    """Select on one chunk and gather its sub-sequence: (q, k, v) [B, H, S, D] and index_BHS.
+def _gather_chunk(q_BHCD, k_BGCD, v_BGCD, chunk_cfg: LighthouseConfig, chunk_start: int, rope, backend: str):
+    """Select on one chunk and gather its sub-sequence: (q, k, v) [B, H, S, D] and the chunk's plan.
 
     Window-end RoPE rotates at global positions: the chunk-local window end plus chunk_start.
+    backend "triton": the fast path's kernels (`gather_sub_sequence`), with the tables sliced
+    to start at chunk_start; "reference": the PyTorch reference. Same selection, same values.
     """
     chunk_len = q_BHCD.shape[2]
-    index_BHS = reference.compute_selection(q_BHCD, k_BGCD, v_BGCD, chunk_cfg).index_BHS
-    q_BHSD = reference.gather_pyramid(q_BHCD, index_BHS, chunk_cfg)
-    k_BHSD = reference.gather_pyramid(k_BGCD, index_BHS, chunk_cfg)
-    v_BHSD = reference.gather_pyramid(v_BGCD, index_BHS, chunk_cfg)
+    if backend == "triton":
+        from ..kernels.fast_path import gather_sub_sequence
+
+        chunk_rope = None if rope is None else (rope[0][chunk_start:], rope[1][chunk_start:])
+        return gather_sub_sequence(q_BHCD, k_BGCD, v_BGCD, chunk_cfg, chunk_rope)
+    plan = reference.compute_selection(q_BHCD, k_BGCD, v_BGCD, chunk_cfg)
+    q_BHSD = reference.gather_pyramid(q_BHCD, plan.index_BHS, chunk_cfg)
+    k_BHSD = reference.gather_pyramid(k_BGCD, plan.index_BHS, chunk_cfg)
+    v_BHSD = reference.gather_pyramid(v_BGCD, plan.index_BHS, chunk_cfg)
     if rope is not None:
-        pos_BHS = reference.window_end_positions(index_BHS, chunk_cfg, chunk_len) + chunk_start
+        pos_BHS = reference.window_end_positions(plan.index_BHS, chunk_cfg, chunk_len) + chunk_start
         q_BHSD = apply_rotary(q_BHSD, pos_BHS, *rope)
         k_BHSD = apply_rotary(k_BHSD, pos_BHS, *rope)
-    return q_BHSD, k_BHSD, v_BHSD, index_BHS
+    return q_BHSD, k_BHSD, v_BHSD, plan
+
+
+def _scatter_chunk(o_BHSD, plan, chunk_cfg: LighthouseConfig, chunk_len: int, backend: str) -> torch.Tensor:
+    """The chunk's sub-sequence outputs back to its positions [B, H, C, D], windows clipped at its end."""
+    if backend == "triton":
+        from ..kernels.fast_path import scatter_sub_sequence
+
+        return scatter_sub_sequence(o_BHSD, plan, chunk_cfg, chunk_len)
+    return reference.scatter_back(o_BHSD, plan.index_BHS, chunk_cfg, chunk_len)
+
+
+def _chunk_backend(cfg: LighthouseConfig, q_BHND: torch.Tensor) -> str:
+    """The layer's backend ("auto": the Triton kernels on CUDA) for the chunks of q."""
+    backend = resolve_backend(cfg.backend, q_BHND)
+    if backend == "triton":
+        from ..kernels.fast_path import supported
+
+        return "triton" if supported(q_BHND) else "reference"
+    return backend
 
 
 def _attend_prefix(q_BHsD, k_BXtD, v_BXtD) -> torch.Tensor:
@@ -305,8 +333,9 @@ def lighthouse_attention_chunked_reference(q_BHND, k_BGND, v_BGND, cfg: Lighthou
     if chunk_cfg is None:
         return dense_causal_attention(q_BHND, k_BGND, v_BGND, rope)
     chunk_len = N // (2 * cp_degree)
+    backend = _chunk_backend(cfg, q_BHND)
     gathered = [
-        _gather_chunk(q_BHCD, k_BGCD, v_BGCD, chunk_cfg, j * chunk_len, rope)
+        _gather_chunk(q_BHCD, k_BGCD, v_BGCD, chunk_cfg, j * chunk_len, rope, backend)
         for j, (q_BHCD, k_BGCD, v_BGCD) in enumerate(
             zip(q_BHND.split(chunk_len, 2), k_BGND.split(chunk_len, 2), v_BGND.split(chunk_len, 2))
         )
@@ -316,7 +345,7 @@ def lighthouse_attention_chunked_reference(q_BHND, k_BGND, v_BGND, cfg: Lighthou
     sub_len = gathered[0][0].shape[2]  # the same for every chunk: C/p^(L-1) + (L-1)*p*K/(2R)
     return torch.cat(
         [
-            reference.scatter_back(o_BHsD, g[3], chunk_cfg, chunk_len)
+            _scatter_chunk(o_BHsD, g[3], chunk_cfg, chunk_len, backend)
             for o_BHsD, g in zip(o_BHSD.split(sub_len, dim=2), gathered)
         ],
         dim=2,
@@ -377,8 +406,9 @@ def context_parallel_lighthouse_attention(
     chunk_cfg = check_context_parallel(cfg, seq_len, cp_degree)
     if chunk_cfg is None:
         return context_parallel_dense_attention(q_BHND, k_BGND, v_BGND, group, rope)
+    backend = _chunk_backend(cfg, q_BHND)
     gathered = [
-        _gather_chunk(q_BHCD, k_BGCD, v_BGCD, chunk_cfg, j * chunk_len, rope)
+        _gather_chunk(q_BHCD, k_BGCD, v_BGCD, chunk_cfg, j * chunk_len, rope, backend)
         for j, q_BHCD, k_BGCD, v_BGCD in zip(
             local_chunks, q_BHND.chunk(2, dim=2), k_BGND.chunk(2, dim=2), v_BGND.chunk(2, dim=2)
         )
@@ -389,10 +419,10 @@ def context_parallel_lighthouse_attention(
     kv_R2BHSD = all_gather_with_grad(kv_2BHSD, group)
     k_BHSD_all, v_BHSD_all = unshard_sequence(list(kv_R2BHSD.unbind(0)), dim=3).unbind(0)  # chunk order
     outputs = []
-    for j, (q_BHSD, _, _, index_BHS) in zip(local_chunks, gathered):
+    for j, (q_BHSD, _, _, plan) in zip(local_chunks, gathered):
         visible = (j + 1) * sub_len  # chunks 0..j
         o_BHSD = _attend_prefix(q_BHSD, k_BHSD_all[:, :, :visible], v_BHSD_all[:, :, :visible])
-        outputs.append(reference.scatter_back(o_BHSD, index_BHS, chunk_cfg, chunk_len))
+        outputs.append(_scatter_chunk(o_BHSD, plan, chunk_cfg, chunk_len, backend))
     return torch.cat(outputs, dim=2)
 
 

@@ -231,16 +231,31 @@ def supported(q_BHND: Tensor) -> bool:
     return D % 2 == 0 and q_BHND.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def gather_sub_sequence(q_BHND, k_BGND, v_BGND, cfg: LighthouseConfig, rope=None, scorer_context=None):
+    """Select and gather: (q_sub, k_sub, v_sub) [B, H, S, D] and the plan `scatter_sub_sequence` needs.
+
+    The first half of `lighthouse_fast`; context parallelism runs it on every chunk, attends
+    across chunks, and scatters each chunk back with the second half. With rope tables, the
+    gathered entries are rotated at their window-end position as row index of the tables (a
+    caller may pass tables sliced to start at a chunk's global offset).
+    """
+    L, p = cfg.levels, cfg.pooling
+    n_pad = cfg.padded_len(q_BHND.shape[2])
+    plan, (pq, pk, pv) = fast_selection(q_BHND, k_BGND, v_BGND, cfg, scorer_context)
+    cos, sin = (None, None) if rope is None else rope
+    subs = gather(q_BHND, k_BGND, v_BGND, pq, pk, pv, plan.slot_BHP, plan.cand_BHLK, plan.cpos_BHLK, cos, sin, L, p, n_pad)
+    return (*subs, plan)
+
+
+def scatter_sub_sequence(o_BHSD, plan, cfg: LighthouseConfig, seq_len: int) -> Tensor:
+    """Scatter the sub-sequence's outputs back to [B, H, seq_len, D] (the second half of `lighthouse_fast`)."""
+    return scatter(o_BHSD, plan.slot_BHP, plan.cand_BHLK, plan.cpos_BHLK, cfg.levels, cfg.pooling, plan.seq_len, seq_len)
+
+
 def lighthouse_fast(q_BHND, k_BGND, v_BGND, cfg: LighthouseConfig, rope=None, scorer_context=None):
     """Lighthouse attention on validated inputs (levels >= 2, N >= cfg.min_seq_len): [B, H, N, D]."""
     if not supported(q_BHND):
         return reference.lighthouse_reference(q_BHND, k_BGND, v_BGND, cfg, rope=rope, scorer_context=scorer_context)
-    L, p = cfg.levels, cfg.pooling
-    N = q_BHND.shape[2]
-    n_pad = cfg.padded_len(N)
-    plan, (pq, pk, pv) = fast_selection(q_BHND, k_BGND, v_BGND, cfg, scorer_context)
-    slot, cand, cpos = plan.slot_BHP, plan.cand_BHLK, plan.cpos_BHLK
-    cos, sin = (None, None) if rope is None else rope
-    q_sub, k_sub, v_sub = gather(q_BHND, k_BGND, v_BGND, pq, pk, pv, slot, cand, cpos, cos, sin, L, p, n_pad)
+    q_sub, k_sub, v_sub, plan = gather_sub_sequence(q_BHND, k_BGND, v_BGND, cfg, rope, scorer_context)
     o_sub = F.scaled_dot_product_attention(q_sub, k_sub, v_sub, is_causal=True)
-    return scatter(o_sub, slot, cand, cpos, L, p, n_pad, N)
+    return scatter_sub_sequence(o_sub, plan, cfg, q_BHND.shape[2])

@@ -1,0 +1,70 @@
+"""The recipe experiment's script (scripts/recipe.py) end to end on the CPU, at toy size.
+
+One sweep learning rate, the four arms of 16 steps each, their evaluations and the summary:
+the arms share tokens and learning rate, split their steps 10/16 (or 16/16), and the summary
+agrees with each arm's metrics. A second invocation finds everything done and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from lighthouse.trainer.config import load_config
+from lighthouse.trainer.metrics import read_metrics
+from test_trainer import _env
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_recipe(out: Path) -> str:
+    cmd = [sys.executable, str(REPO / "scripts" / "recipe.py"), "--config", str(REPO / "configs" / "demo.toml"),
+           "--gpus", "cpu", "--out", str(out), "--lrs", "3e-3", "--sweep-steps", "4", "--passkey-lengths", "512",
+           "--position-windows", "2", "--deadline", "600",
+           "--set", "stages.0.steps=8", "--set", "stages.1.steps=8", "--set", "training.eval_every=4",
+           "--set", "training.checkpoint_every=8", "--set", "data.val_windows=2", "--set", "training.batch_size=1",
+           "--set", "training.log_every=2", "--set", "data.seq_len=512", "--set", "training.threads=1"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_recipe_runs_every_arm_and_summarizes(tmp_path):
+    out = tmp_path / "recipe"
+    text = run_recipe(out)
+    assert "all done" in text
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["lr"] == 3e-3 and set(summary["sweep"]) == {"0.003"}
+    arms = summary["arms"]
+    assert list(arms) == ["a-dense", "b-lighthouse-window-end", "c-lighthouse-pre-pool", "d-lighthouse-only"]
+    splits = {name: [(s["attention"], s["steps"]) for s in arm["stages"]] for name, arm in arms.items()}
+    assert splits == {
+        "a-dense": [("dense", 16)],
+        "b-lighthouse-window-end": [("lighthouse", 10), ("dense", 6)],
+        "c-lighthouse-pre-pool": [("lighthouse", 10), ("dense", 6)],
+        "d-lighthouse-only": [("lighthouse", 16)],
+    }
+    assert len({arm["tokens"] for arm in arms.values()}) == 1
+    for name, arm in arms.items():
+        records = read_metrics(out / name)
+        ends = [r for r in records if r["kind"] == "stage_end"]
+        assert arm["final_val_bpb_dense"] == ends[-1]["val_bpb_dense"]
+        assert arm["time_s"] == ends[-1]["time_s"]
+        assert load_config(out / name / "config.toml").optim.lr == 3e-3  # the sweep's pick, in every arm
+        assert arm["position"] and arm["passkey"] and 0 <= arm["passkey_accuracy"] <= 1
+        assert (out / "evals" / name / "passkey.png").is_file()
+        reached = arm["reached_baseline_final_bpb"]
+        if reached is not None:  # the first dense-evaluated point at or under the baseline's final bpb
+            assert reached["val_bpb_dense"] <= arms["a-dense"]["final_val_bpb_dense"]
+            assert arm["time_to_baseline_final_vs_baseline_time"] == reached["time_s"] / arms["a-dense"]["time_s"]
+    assert arms["a-dense"]["time_vs_baseline"] == 1.0
+    assert arms["a-dense"]["reached_baseline_final_bpb"]["step"] == 16  # the baseline reaches its own final bpb last
+    assert (out / "recipe.png").is_file()
+
+    before = (out / "results.json").read_text()
+    again = run_recipe(out)  # resumable: everything is done, so nothing reruns
+    assert "already finished" in (out / "logs" / "a-dense.log").read_text()
+    assert json.loads((out / "results.json").read_text()) == json.loads(before)
+    assert "all done" in again
