@@ -63,8 +63,9 @@ def timed_steps(model, optimizer, x_Bn, y_Bn, amp_dtype, steps: int, warmup: int
     return times, float(loss.detach())
 
 
-def measure(cfg, seq_len: int, kind: str, steps: int, warmup: int) -> dict:
-    """One row: `kind` attention in the config's non-dense layers at `seq_len`, cp = the world size."""
+def measure(cfg, seq_len: int, kind: str, steps: int, warmup: int):
+    """(row, this process's ParallelState): `kind` attention in the config's non-dense layers at
+    `seq_len`, cp = the world size."""
     from .distributed.mesh import join_parallel, launched_world_size
     from .trainer.loop import autocast_dtype, resolve_device
     from .trainer.parallel import build_sharded_model, inputs_and_targets

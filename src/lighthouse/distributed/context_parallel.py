@@ -18,6 +18,9 @@ chunks before j and the entries of chunk j up to itself. The attention outputs a
 scattered back inside their own chunk: an entry's output window [c*(i+1)-1, c*(i+2)-1) is
 clipped to the end of its chunk. That clipping is the only difference from the non-CP
 function with the same K and the `norm` scorer (see `lighthouse_attention_chunked_reference`).
+Per chunk, selection, gather and scatter run on the fast path's kernels for CUDA tensors
+(`kernels.fast_path.gather_sub_sequence` / `scatter_sub_sequence`) and on the PyTorch
+reference otherwise (the layer's `backend` decides, as in `lighthouse_attention`).
 
 Across ranks, the gathered K/V of every rank are all-gathered (autograd-aware: their
 gradients return to their owners by a reduce-scatter) and each local query chunk attends to
