@@ -307,6 +307,22 @@ def test_bad_sizes_raise(cfg, N, R, match):
         lighthouse_attention_chunked_reference(q, k, v, cfg, R)
 
 
+def test_one_norm_scorer_predicate(monkeypatch):
+    """A registered alias of the norm scorer runs fused on one GPU and is accepted under CP alike; a subclass is neither."""
+    from lighthouse import scorers
+    from lighthouse.scorers import NormScorer, is_norm_scorer
+
+    class Renamed(NormScorer):
+        pass
+
+    monkeypatch.setitem(scorers._REGISTRY, "norm_alias", NormScorer)
+    assert is_norm_scorer("norm") and is_norm_scorer("norm_alias") and is_norm_scorer(NormScorer())
+    assert not is_norm_scorer("dilated") and not is_norm_scorer(Renamed())
+    assert chunk_config(LighthouseConfig(2, 2, 512, scorer="norm_alias"), 2).topk == 128
+    with pytest.raises(ValueError, match=r"only the 'norm' scorer, got 'Renamed'"):
+        chunk_config(LighthouseConfig(2, 2, 512, scorer=Renamed()), 2)
+
+
 def test_accepted_sizes_and_other_errors():
     assert check_context_parallel(LighthouseConfig(3, 2, 512), 2048, 2) == LighthouseConfig(3, 2, 128)
     assert check_context_parallel(LighthouseConfig(1, 2, 128), 24, 3) is None

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from lighthouse import LighthouseConfig, available_scorers, get_scorer, lighthouse_attention
 from lighthouse.gla import (
-    GLAScorer,
     fla_available,
     gated_linear_attention,
     gla_chunked,
@@ -25,6 +24,7 @@ from lighthouse.gla import (
     make_gate_projection,
 )
 from lighthouse.reference import compute_selection
+from lighthouse.scorers import GLAScorer
 from plain_reference import plain_lighthouse, plain_scores_gla, pyramid_index
 from test_attention import rand_qkv
 

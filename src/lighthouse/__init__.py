@@ -2,10 +2,9 @@
 
 from .attention import dense_causal_attention, lighthouse_attention
 from .config import TILE_WIDTH, LighthouseConfig, LighthouseConfigError
-from .gla import GLAScorer
 from .layers import DenseAttention, LighthouseAttention
 from .rope import rope_tables
-from .scorers import DilatedScorer, NormScorer, Scorer, available_scorers, get_scorer, register_scorer
+from .scorers import DilatedScorer, GLAScorer, NormScorer, Scorer, available_scorers, get_scorer, register_scorer
 
 __all__ = [
     "lighthouse_attention",

@@ -334,8 +334,8 @@ def _timed_or_oom(fn, device, budget_s) -> dict:
 def bench_scorers(lengths, levels=3, pooling=4, topk=2048, B=1, H=8, G=8, D=128, dtype=torch.bfloat16,
                   device=None, budget_s=10.0, log=print) -> list[dict]:
     """Forward latency of each scorer's `score` alone, of the Lighthouse forward with it, and of dense SDPA."""
-    from lighthouse.gla import GLAScorer, fla_available
-    from lighthouse.scorers import DilatedScorer, NormScorer
+    from lighthouse.gla import fla_available
+    from lighthouse.scorers import DilatedScorer, GLAScorer, NormScorer
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with_fla = device.type == "cuda" and fla_available()

@@ -1,8 +1,6 @@
-"""The `gla` scorer: gated linear attention inside residue classes (spec §7).
+"""Gated linear attention (GLA), the operation behind the `gla` scorer (spec §7), and its gates.
 
-Like `dilated`, the sequence is split by residue t mod d (dilation, default 4) and each class
-is processed causally on its own; softmax attention is replaced by gated linear attention
-(GLA) with one scalar decay per head and token. Per class and head, in the recurrent form,
+With one scalar decay per head and token, in the recurrent form,
 
     S_t = exp(g_t) * S_{t-1} + k_t^T v_t          (S_0 = 0, a D x D state)
     o_t = scale * q_t S_t                         (scale = 1/sqrt(D))
@@ -10,14 +8,14 @@ is processed causally on its own; softmax attention is replaced by gated linear 
 that is o_t = scale * sum_{j <= t} exp(g_{j+1} + ... + g_t) (q_t . k_j) v_j: the decay of
 token t is applied to the state before token t's own k^T v is added, and the scale multiplies
 q. These are the semantics of flash-linear-attention's `chunk_simple_gla`, which the
-authors call on GPU. The scores are s_q = ||o|| with (q, k, v) and s_k = ||o|| with q and k
-swapped (same v, same gates); the pyramid max-pools them like every other score.
+authors call on GPU. The scorer (`lighthouse.scorers.GLAScorer`) runs it inside residue
+classes t mod d, with q and k swapped for s_k.
 
 The gate g (log-space, <= 0) comes from the layer input: g = logsigmoid(x W_g^T + b_g) / 16
 with one value per *query* head (`gla_log_gates`). Selection is gradient-free, so nothing
 ever trains W_g: it keeps its initialization (weight ~ N(0, 0.02), bias 0;
 `init_gate_projection`). The model layer owns W_g and passes the computed gates as
-`scorer_context`; without them the scorer needs a fixed decay (`fixed_log_decay`).
+`scorer_context`.
 
 Three implementations of the same function:
 - `gla_recurrent`: the recurrence above, one step per token (the readable reference; tests).
@@ -27,23 +25,19 @@ Three implementations of the same function:
 - `gla_fla`: flash-linear-attention's `chunk_simple_gla` (CUDA, optional:
   `pip install lighthouse[gla]`).
 
-Legend of shape suffixes: B batch, H query heads, G key/value heads, R = H / G query heads
-per key/value head, d dilation, M = ceil(N / d) tokens per residue class, N sequence length,
-D head dim, E model dim, C chunk size, K chunks in a block. A leading `...` means any
-batch-like dims, which broadcast between q, k, v and g (GQA without copying k and v).
+Legend of shape suffixes: N sequence length, D head dim, E model dim, H query heads, C chunk
+size, K chunks in a block. A leading `...` means any batch-like dims, which broadcast between
+q, k, v and g (GQA without copying k and v).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .scorers import Scorer
 
 GATE_LOGIT_NORMALIZER = 16.0  # g = logsigmoid(x W_g^T + b_g) / 16, as in the authors' code
 GATE_INIT_STD = 0.02  # W_g ~ N(0, 0.02), b_g = 0; never trained (selection has no gradient)
@@ -86,7 +80,7 @@ def gla_log_gates(x_BNE: torch.Tensor, gate: nn.Linear) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 # Gated linear attention: three forms of one function
 # ---------------------------------------------------------------------------------------
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -102,7 +96,7 @@ def gla_recurrent(q, k, v, g, scale: float | None = None) -> torch.Tensor:
     """
     N, D = q.shape[-2:]
     scale = D**-0.5 if scale is None else scale
-    acc = _accumulate_dtype(q.dtype)
+    acc = accumulate_dtype(q.dtype)
     q, k, v, g = (t.to(acc) for t in (q, k, v, g))
     lead = _lead_shape(q, k, v, g)
     state = q.new_zeros(*lead, D, v.shape[-1])
@@ -138,7 +132,7 @@ def gla_chunked(q, k, v, g, scale: float | None = None, *, chunk_size: int = CHU
     N, D = q.shape[-2:]
     Dv = v.shape[-1]
     scale = D**-0.5 if scale is None else scale
-    acc = _accumulate_dtype(q.dtype)
+    acc = accumulate_dtype(q.dtype)
     lead = _lead_shape(q, k, v, g)
     C = chunk_size
     causal_CC = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
@@ -227,107 +221,3 @@ def gated_linear_attention(q, k, v, g, scale: float | None = None, backend: str 
             raise ValueError("the gla scorer's fla backend runs on CUDA tensors; use backend='torch' on CPU")
         return gla_fla(q, k, v, g, scale)
     return gla_chunked(q, k, v, g, scale)
-
-
-# ---------------------------------------------------------------------------------------
-# The scorer
-# ---------------------------------------------------------------------------------------
-def _by_residue(x, d: int):
-    """[B, X, N, ...] -> [B, X, d, M, ...]: class r holds positions r, r + d, r + 2d, ... (a view when d | N)."""
-    N = x.shape[2]
-    M = -(-N // d)
-    # Right-padding adds only later positions, which a causal recurrence never lets reach earlier ones.
-    x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, M * d - N))
-    return x.unflatten(2, (M, d)).transpose(2, 3)
-
-
-def _from_residue(s_BXdM, N: int):
-    """[B, X, d, M] -> [B, X, N] (inverse of `_by_residue` for per-token values)."""
-    return s_BXdM.transpose(2, 3).flatten(2)[..., :N]
-
-
-class GLAScorer(Scorer):
-    """`gla`: gated linear attention inside each residue class t mod d (spec §7).
-
-    s_q = ||GLA(q, k, v; g)||, s_k = ||GLA(k, q, v; g)|| per token and query head (with GQA
-    every query head uses the key/value head it shares, so both scores have H rows).
-
-    The gate: `score(..., context=g_BHN)` with g_BHN [B, H, N] the per-query-head log-decays
-    (finite, <= 0) of the layer's tokens, computed by the model layer as `gla_log_gates(x_BNE, W_g)`
-    (g = logsigmoid(x W_g^T + b_g) / 16). W_g belongs to the layer; because selection is
-    gradient-free it never receives a gradient and stays at its initialization (weight
-    N(0, 0.02), bias 0), exactly as in the authors' training runs. Pass it as
-    `lighthouse_attention(..., scorer="gla", scorer_context=g_BHN)`.
-
-    Without a context the scorer uses the constant log-decay `fixed_log_decay` (<= 0; 0.0 is
-    plain causal linear attention); with neither it raises.
-
-    dilation: d, the number of residue classes (default 4, as `dilated`).
-    backend: "auto" (fla's `chunk_simple_gla` on CUDA when installed, else the PyTorch
-        chunked form), "torch" or "fla". fla rounds outputs to the input dtype, so near-ties
-        between scores may be broken differently than by the float32 PyTorch form.
-    """
-
-    name = "gla"
-
-    def __init__(self, dilation: int = 4, fixed_log_decay: float | None = None, backend: str = "auto"):
-        if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
-            raise ValueError(f"dilation must be a positive int, got {dilation!r}")
-        if fixed_log_decay is not None:
-            if isinstance(fixed_log_decay, bool) or not isinstance(fixed_log_decay, (int, float)):
-                raise TypeError(f"fixed_log_decay must be None or a float <= 0, got {fixed_log_decay!r}")
-            if not (math.isfinite(fixed_log_decay) and fixed_log_decay <= 0):
-                raise ValueError(f"fixed_log_decay is a log-decay and must be finite and <= 0, got {fixed_log_decay!r}")
-            fixed_log_decay = float(fixed_log_decay)
-        if backend not in GLA_BACKENDS:
-            raise ValueError(f"backend must be one of {GLA_BACKENDS}, got {backend!r}")
-        self.dilation = dilation
-        self.fixed_log_decay = fixed_log_decay
-        self.backend = backend
-
-    def __repr__(self) -> str:
-        return f"GLAScorer(dilation={self.dilation}, fixed_log_decay={self.fixed_log_decay}, backend={self.backend!r})"
-
-    def log_gates(self, q_BHND: torch.Tensor, context) -> torch.Tensor:
-        """The validated g_BHN: the context, or the fixed log-decay when there is none."""
-        B, H, N, _ = q_BHND.shape
-        if context is None:
-            if self.fixed_log_decay is None:
-                raise ValueError(
-                    "scorer 'gla' needs its gates: pass scorer_context=g_BHN, the per-query-head log-decays "
-                    f"[B, H, N] = [{B}, {H}, {N}] (lighthouse.gla.gla_log_gates(x_BNE, W_g) computes them from "
-                    "the layer input), or use GLAScorer(fixed_log_decay=...) for a constant decay"
-                )
-            return q_BHND.new_full((1, 1, N), self.fixed_log_decay, dtype=_accumulate_dtype(q_BHND.dtype))
-        if not isinstance(context, torch.Tensor):
-            raise TypeError(
-                f"scorer 'gla' expects scorer_context to be a tensor g_BHN of log-decays [B, H, N], got "
-                f"{type(context).__name__}"
-            )
-        if tuple(context.shape) != (B, H, N):
-            raise ValueError(
-                f"scorer 'gla': scorer_context must have shape [B, H, N] = [{B}, {H}, {N}] (one log-decay per query "
-                f"head and real token, no padding), got {tuple(context.shape)}"
-            )
-        if not context.is_floating_point():
-            raise ValueError(f"scorer 'gla': scorer_context must be a floating-point tensor, got {context.dtype}")
-        if context.device != q_BHND.device:
-            raise ValueError(f"scorer 'gla': scorer_context is on {context.device} but q is on {q_BHND.device}")
-        return context.detach()
-
-    @torch.no_grad()
-    def score(self, q_BHND, k_BGND, v_BGND, context=None):
-        B, H, N, D = q_BHND.shape
-        G = k_BGND.shape[1]
-        g_BHN = self.log_gates(q_BHND, context)
-        d = self.dilation
-        # GQA by broadcasting: query heads [B, G, R, ...], key/value heads [B, G, 1, ...].
-        q = _by_residue(q_BHND, d).unflatten(1, (G, H // G))
-        k = _by_residue(k_BGND, d).unsqueeze(2)
-        v = _by_residue(v_BGND, d).unsqueeze(2)
-        g = _by_residue(g_BHN.expand(B, H, N), d).unflatten(1, (G, H // G))
-        scores = []
-        for queries, keys in ((q, k), (k, q)):  # (q, k, v) for s_q; q and k swapped for s_k
-            o = gated_linear_attention(queries, keys, v, g, scale=D**-0.5, backend=self.backend)
-            scores.append(_from_residue(o.norm(dim=-1).flatten(1, 2), N).float())
-        return scores[0], scores[1]

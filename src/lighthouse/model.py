@@ -30,9 +30,10 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from .config import LighthouseConfig
-from .gla import GLAScorer, gla_log_gates, init_gate_projection
+from .gla import gla_log_gates, init_gate_projection
 from .layers import ATTENTION_KINDS, ROPE_PLACEMENTS, build_attention
 from .rope import rope_tables
+from .scorers import GLAScorer
 
 # ---- vocabulary -------------------------------------------------------------------------
 BYTE_VOCAB = 256  # ids 0..255: raw bytes

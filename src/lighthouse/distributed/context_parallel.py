@@ -54,7 +54,7 @@ from .. import reference
 from ..attention import dense_causal_attention, resolve_backend
 from ..config import TILE_WIDTH, LighthouseConfig
 from ..rope import apply_rotary, apply_rotary_dense
-from ..scorers import NormScorer
+from ..scorers import is_norm_scorer
 
 __all__ = [
     "ContextParallelDense",
@@ -173,14 +173,10 @@ def all_gather_with_grad(x: torch.Tensor, group=None, use_reduce_scatter: bool |
 # ---------------------------------------------------------------------------------------
 # Checks
 # ---------------------------------------------------------------------------------------
-def _is_norm_scorer(scorer) -> bool:
-    return scorer == "norm" or type(scorer) is NormScorer
-
-
 def chunk_config(cfg: LighthouseConfig, cp_degree: int) -> LighthouseConfig:
     """The per-chunk config of a Lighthouse layer (levels >= 2) under CP of degree R: budget K/(2R)."""
     _check_degree(cp_degree)
-    if not _is_norm_scorer(cfg.scorer):
+    if not is_norm_scorer(cfg.scorer):
         raise ValueError(
             f"context parallelism supports only the 'norm' scorer, got {cfg.scorer_name!r}: other scorers "
             "(dilated, gla) look across chunk boundaries, which per-chunk selection cannot do"

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .. import reference
 from ..config import LighthouseConfig
-from ..scorers import NormScorer, get_scorer
+from ..scorers import is_norm_scorer
 from . import gather as _gather
 from . import scatter as _scatter
 from . import scores as _scores
@@ -203,17 +203,12 @@ scatter.register_autograd(_scatter_bwd, setup_context=_scatter_setup)
 # ---------------------------------------------------------------------------------------
 # Composition
 # ---------------------------------------------------------------------------------------
-def _is_norm_scorer(scorer) -> bool:
-    """The built-in `norm` scorer (fused into the scores kernel); anything else is scored in PyTorch."""
-    return type(get_scorer(scorer)) is NormScorer
-
-
 def fast_selection(q_BHND, k_BGND, v_BGND, cfg: LighthouseConfig, scorer_context=None):
     """Scores, selection and the pooled coarsest level, no grad: (Selection, (pq, pk, pv))."""
     L, p, K = cfg.levels, cfg.pooling, cfg.topk
     n_pad = cfg.padded_len(q_BHND.shape[2])
     q, k, v = q_BHND.detach(), k_BGND.detach(), v_BGND.detach()
-    if _is_norm_scorer(cfg.scorer):
+    if is_norm_scorer(cfg.scorer):  # fused into the scores kernel; any other scorer is scored in PyTorch
         sq, sk, pq, pk, pv = norm_scores(q, k, v, L, p, n_pad)
     else:
         with torch.no_grad():
