@@ -33,7 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 import lighthouse.hf
 from lighthouse.integrations.export import save_byte_tokenizer
-from lighthouse.model import EOD_ID, PAD_ID, VOCAB_SIZE
+from lighthouse.tokenizer import EOD_ID, PAD_ID, VOCAB_SIZE
 from lighthouse.trainer.config import DataConfig
 from lighthouse.trainer.data import ByteData
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lighthouse.model import EOD_ID
+from lighthouse.tokenizer import EOD_ID, decode
 from lighthouse.trainer.config import DataConfig
 from lighthouse.trainer.data import (
     ByteData,
@@ -21,7 +21,6 @@ from lighthouse.trainer.data import (
     byte_split_point,
     cap_bytes,
     choose_val_split,
-    decode,
     doc_is_val,
     expand_paths,
     group_documents,

@@ -17,7 +17,8 @@ from lighthouse.evals.passkey import (
     plot_passkey_heatmap,
 )
 from lighthouse.evals.position import bucket_edges, format_position, plot_position_bpb, pooled_bpb, position_bpb
-from lighthouse.model import EOD_ID, ModelArgs, Transformer
+from lighthouse.model import ModelArgs, Transformer
+from lighthouse.tokenizer import EOD_ID
 
 try:
     from lighthouse.evals.bpb import evaluate

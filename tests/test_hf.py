@@ -43,8 +43,9 @@ from lighthouse.integrations.export import (  # noqa: E402
     hf_name,
     ids_to_bytes,
 )
-from lighthouse.model import EOD_ID, ModelArgs, Transformer  # noqa: E402
+from lighthouse.model import ModelArgs, Transformer  # noqa: E402
 from lighthouse.sample import KVCache, forward_cached, generate  # noqa: E402
+from lighthouse.tokenizer import EOD_ID  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = dict(levels=2, pooling=2, topk=128)  # Lighthouse needs N >= 256

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lighthouse import LighthouseConfig
-from lighthouse.model import EOD_ID, VOCAB_SIZE, ModelArgs, Transformer, check_model_args
+from lighthouse.model import ModelArgs, Transformer, check_model_args
+from lighthouse.tokenizer import EOD_ID, VOCAB_SIZE
 
 N = 256  # >= topk * pooling**(levels-1) = 128 * 2 for the Lighthouse settings below
 SMALL = dict(dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden=64, dense_layers=[0])

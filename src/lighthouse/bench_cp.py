@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from .eval_tasks import parse_lengths
-from .model import VOCAB_SIZE
+from .tokenizer import VOCAB_SIZE
 
 
 def _max_over_ranks(value: float, device: torch.device) -> float:

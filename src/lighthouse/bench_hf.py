@@ -26,13 +26,15 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from .tokenizer import BYTE_VOCAB
+
 
 def _llama(args, attn_implementation: str, device):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     import lighthouse.hf
 
-    from .model import EOD_ID, PAD_ID, VOCAB_SIZE
+    from .tokenizer import EOD_ID, PAD_ID, VOCAB_SIZE
 
     config = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=args.hidden, intermediate_size=args.ffn,
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
@@ -73,7 +75,7 @@ def bench_hf(args, log=print) -> list[dict]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
     gen = torch.Generator().manual_seed(0)
-    tokens_BN1 = torch.randint(0, 256, (args.batch, args.seq_len + 1), generator=gen).to(device)
+    tokens_BN1 = torch.randint(0, BYTE_VOCAB, (args.batch, args.seq_len + 1), generator=gen).to(device)
     rows = []
     for impl in ("lighthouse", "sdpa"):  # dense last: its long runs heat the card
         rows.append(_measure(args, impl, tokens_BN1, device, dtype))

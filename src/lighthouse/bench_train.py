@@ -28,7 +28,8 @@ import torch
 
 from .config import TILE_WIDTH, LighthouseConfig
 from .eval_tasks import parse_lengths
-from .model import VOCAB_SIZE, Transformer
+from .model import Transformer
+from .tokenizer import VOCAB_SIZE
 
 
 def fitted_lighthouse(cfg: LighthouseConfig, seq_len: int) -> LighthouseConfig:

@@ -1,8 +1,8 @@
 """A small Llama-3 style decoder whose attention layers are dense or Lighthouse.
 
 RMSNorm, rotary position embedding (RoPE), SwiGLU feed-forward, grouped-query attention
-(GQA), tied or untied embeddings, and a byte-level vocabulary: ids 0..255 are bytes, 256
-and up are special ids (`EOD_ID` ends a document).
+(GQA), tied or untied embeddings, and the byte-level vocabulary of `lighthouse.tokenizer`
+(ids 0..255 are bytes, 256 and up special ids; `EOD_ID` ends a document).
 
 Each attention layer owns its projections (the only weights) and an attention module from
 `lighthouse.layers` (dense or Lighthouse, no parameters) behind one forward contract.
@@ -34,12 +34,7 @@ from .gla import gla_log_gates, init_gate_projection
 from .layers import ATTENTION_KINDS, ROPE_PLACEMENTS, build_attention
 from .rope import rope_tables
 from .scorers import GLAScorer
-
-# ---- vocabulary -------------------------------------------------------------------------
-BYTE_VOCAB = 256  # ids 0..255: raw bytes
-EOD_ID = 256  # end of document: separates packed documents
-PAD_ID = 257  # reserved (packing never pads)
-VOCAB_SIZE = 264  # 256 bytes + 8 special ids (257..263 reserved), a multiple of 8
+from .tokenizer import BYTE_VOCAB, EOD_ID, PAD_ID, VOCAB_SIZE  # noqa: F401 - EOD_ID, PAD_ID: older imports from here
 
 
 @dataclass

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..model import BYTE_VOCAB
+from ..tokenizer import BYTE_VOCAB
 from .common import autocast, eval_mode
 
 

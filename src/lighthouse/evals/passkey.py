@@ -25,8 +25,10 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ..tokenizer import BYTE_VOCAB, encode
 from .common import autocast, eval_mode
 
 HEADER = (
@@ -115,9 +117,10 @@ def passkey_eval(
     for length in lengths:
         for depth in depths:
             prompts, keys = passkey_prompts(length, depth, trials, seed, digits)
-            idx_TN = torch.tensor([list(p) for p in prompts], dtype=torch.long)
+            idx_TN = torch.from_numpy(np.stack([encode(p) for p in prompts]).astype(np.int64))
             out_TS = greedy_decode(model, idx_TN, digits, device, amp_dtype, micro_batch)
-            answers = [bytes(i if i < 256 else ord("?") for i in row.tolist()).decode("latin-1") for row in out_TS]
+            # One character per decoded id, so that digits compare by position: Latin-1 for a byte, "?" for a special id.
+            answers = [bytes(i if i < BYTE_VOCAB else ord("?") for i in row.tolist()).decode("latin-1") for row in out_TS]
             right = [sum(a == k for a, k in zip(answer, key)) for answer, key in zip(answers, keys)]
             results.append({
                 "length": length, "depth": depth, "trials": trials,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..model import BYTE_VOCAB
+from ..tokenizer import BYTE_VOCAB
 from .common import autocast, eval_mode
 
 

@@ -32,7 +32,8 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, LlamaConfig
 
-from ..model import BYTE_VOCAB, EOD_ID, PAD_ID, ModelArgs, Transformer
+from ..model import ModelArgs, Transformer
+from ..tokenizer import BYTE_VOCAB, EOD_ID, PAD_ID, VOCAB_SIZE
 
 # our parameter name (per layer: "layers.{i}." + name) -> transformers' Llama name
 WEIGHT_NAMES = {
@@ -51,7 +52,7 @@ LAYER_WEIGHT_NAMES = {
     "feed_forward.w3.weight": "mlp.up_proj.weight",
     "feed_forward.w2.weight": "mlp.down_proj.weight",
 }
-SPECIAL_TOKENS = ["<eod>", "<pad>"] + [f"<reserved_{i}>" for i in range(PAD_ID + 1, 264)]  # ids 256..263
+SPECIAL_TOKENS = ["<eod>", "<pad>"] + [f"<reserved_{i}>" for i in range(PAD_ID + 1, VOCAB_SIZE)]  # ids 256..263
 EOD_TOKEN, PAD_TOKEN = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1]
 
 

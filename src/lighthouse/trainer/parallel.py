@@ -37,8 +37,9 @@ from ..distributed.context_parallel import ContextParallelDense, ContextParallel
 from ..distributed.fsdp import mixed_precision, shard_model
 from ..distributed.mesh import ParallelState
 from ..evals.common import autocast, eval_mode
-from ..model import BYTE_VOCAB, Transformer
+from ..model import Transformer
 from ..rope import apply_rotary_dense, rope_tables
+from ..tokenizer import BYTE_VOCAB
 from .config import Config, micro_batch_per_rank
 from .loop import Evaluator, build_model
 from .stepper import Stepper
