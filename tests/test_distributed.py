@@ -299,7 +299,6 @@ def test_killed_save_leaves_the_last_checkpoint(tmp_path, monkeypatch):
     from torch.distributed.device_mesh import init_device_mesh
 
     from lighthouse.distributed.mesh import ParallelState
-    from lighthouse.trainer.checkpoint_sharded import DistributedCheckpointer
     from lighthouse.trainer.parallel import build_sharded_model
 
     cfg = load_config(tiny_config(tmp_path))
@@ -308,13 +307,13 @@ def test_killed_save_leaves_the_last_checkpoint(tmp_path, monkeypatch):
         par = ParallelState(torch.device("cpu"), mesh=init_device_mesh("cpu", (1, 1), mesh_dim_names=("dp", "cp")))
         model = build_sharded_model(cfg, par, None)
         optimizer = build_optimizer(cfg, model, par.device)
-        checkpointer = DistributedCheckpointer(tmp_path, keep=2, parallel=par)
+        checkpointer = Checkpointer(tmp_path, keep=2, parallel=par)
         good = checkpointer.save(1, model, optimizer, {"step": 1})
 
         def killed(*args, **kwargs):
             raise KeyboardInterrupt("killed while writing")
 
-        monkeypatch.setattr("lighthouse.trainer.checkpoint_sharded.save_file", killed)  # after the shards
+        monkeypatch.setattr("lighthouse.trainer.checkpoint.sharded.save_file", killed)  # after the shards
         with pytest.raises(KeyboardInterrupt):
             checkpointer.save(2, model, optimizer, {"step": 2})
         monkeypatch.undo()

@@ -5,7 +5,7 @@ trainer: the process group and device mesh (`mesh`), FSDP2 sharding of the model
 sharding of the sequence dimension, and context parallelism (CP) for the attention layers, where
 the ranks of a process group each hold a load-balanced pair of sequence chunks
 (`context_parallel`). The trainer's multi-process parts are built on it
-(lighthouse/trainer/parallel.py, checkpoint_sharded.py). Everything here runs on NCCL (GPU)
+(lighthouse/trainer/parallel.py, trainer/checkpoint/sharded.py). Everything here runs on NCCL (GPU)
 and gloo (CPU).
 """
 

@@ -4,7 +4,7 @@
     data.py        byte-level documents from local files, packed into windows
     loop.py        the training loop (stages, evaluation and checkpoint cadence, signals)
     stepper.py     one optimizer step: schedule, accumulation, clipping, AdamW (no host sync)
-    checkpoint.py  atomic, verified safetensors + state checkpoints; the run lock
+    checkpoint/    atomic, verified safetensors + state checkpoints (one process or sharded); the run lock
     progress.py    metrics and the progress bar, read back once per log interval
     metrics.py     metrics.jsonl and the summary table
     plot.py        loss against tokens and wall-clock

@@ -11,13 +11,13 @@ Stage 2 simply continues: same weights, same optimizer state, same schedule, wit
 attention. A checkpoint holds everything needed to continue bit for bit (`--resume`).
 
 The parts, one job each: `Stepper` (stepper.py), `Evaluator` (below, on evals/bpb.py),
-`Checkpointer` (checkpoint.py), `TrainLog` (progress.py: metrics and the progress bar).
+`Checkpointer` (checkpoint/), `TrainLog` (progress.py: metrics and the progress bar).
 
 Under torchrun (WORLD_SIZE > 1) every rank runs this same loop; setup joins the process group
 (`ParallelState`, lighthouse/distributed/mesh.py) and picks the multi-process parts: a model
 sharded with FSDP2, a stepper that keeps the rank's rows, a sharded evaluator (parallel.py) and
-checkpointer (checkpoint_sharded.py), built on lighthouse/distributed/. Rank 0 owns the run's files (lock, metrics, config.toml, the choice
-of checkpoint); the others follow its decisions.
+sharded checkpoints (checkpoint/sharded.py), built on lighthouse/distributed/. Rank 0 owns the
+run's files (lock, metrics, config.toml, the choice of checkpoint); the others follow its decisions.
 """
 
 from __future__ import annotations
@@ -149,12 +149,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
 
         warn = lambda msg: self.echo(f"[{cfg.name}] warning: {msg}")  # noqa: E731
-        if par.distributed:
-            from .checkpoint_sharded import DistributedCheckpointer
-
-            self.checkpointer = DistributedCheckpointer(cfg.run_dir, t.keep_checkpoints, par, warn=warn)
-        else:
-            self.checkpointer = Checkpointer(cfg.run_dir, t.keep_checkpoints, warn=warn)
+        self.checkpointer = Checkpointer(cfg.run_dir, t.keep_checkpoints, par, warn=warn)
         # The run's files are rank 0's: it acts, the other ranks get its answer (or its error).
         par.on_main(self._prepare_run_dir)
         ckpt = par.on_main(self.checkpointer.latest) if self.resume else None

@@ -1,5 +1,5 @@
 """Checkpoints of a multi-process run: sharded by torch.distributed.checkpoint (DCP), plus the
-full weights as `model.safetensors`, with the promises of `trainer/checkpoint.py`.
+full weights as `model.safetensors`, with the promises of the package (`trainer/checkpoint/`).
 
 Layout of `runs/<name>/checkpoints/step-00000100/`:
 
@@ -19,10 +19,10 @@ Saving (every rank calls `save_sharded_checkpoint`):
    (`get_model_state_dict(..., full_state_dict=True, cpu_offload=True)`);
 4. every rank hashes its share of the shard files; rank 0 writes model.safetensors, state.pt
    and meta.json, renames the folder into place (one atomic step), moves `latest` and prunes
-   old checkpoints, as `save_checkpoint` does (the same helpers).
+   old checkpoints, as `local.save_checkpoint` does (the same helpers of files.py).
 A kill of any rank at any moment before the rename leaves only the hidden folder, which the
 next save removes: `latest` still names the last good checkpoint. Verification, fallback to
-an older checkpoint and the run lock are those of `trainer/checkpoint.py` (run on rank 0).
+an older checkpoint and the run lock are those of one process (files.py, lock.py; run on rank 0).
 
 Loading: DCP reads the shards of whatever layout the checkpoint was saved with into the
 current one (saved on 2 ranks, resumed on 1 or 4: it reshards). A one-process checkpoint
@@ -35,7 +35,6 @@ filesystem across nodes).
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -54,25 +53,19 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from ..distributed.mesh import ParallelState
-from .checkpoint import (
+from ...distributed.mesh import ParallelState
+from .files import (
     DATA_FILES,
     SHARDED_DIR,
     CheckpointError,
     checkpoint_folder,
-    checkpoints_newest_first,
     fresh_folder,
     install_checkpoint,
     is_good,
-    is_sharded,
-    latest_good_checkpoint,
-    load_state,
     point_latest,
     seal_checkpoint,
     sha256_file,
 )
-
-log = logging.getLogger("lighthouse.checkpoint")
 
 FORMAT = "dcp"  # meta.json "format" of a sharded checkpoint
 
@@ -192,32 +185,3 @@ def load_single_process(path: Path, model, optimizer, optimizer_state: dict) -> 
     full = StateDictOptions(full_state_dict=True)  # every rank holds the whole; each keeps its shards
     set_model_state_dict(model, retie(weights, tied_groups(model)), options=full)
     set_optimizer_state_dict(model, optimizer, optimizer_state_by_name(model, optimizer, optimizer_state), options=full)
-
-
-class DistributedCheckpointer:
-    """The trainer's checkpoint part on every rank of a multi-process run (see the module docstring).
-
-    `save` and `load` are collective; `latest` and `any_exist` only read files (the trainer
-    asks rank 0 and shares the answer).
-    """
-
-    def __init__(self, run_dir, keep: int, parallel: ParallelState, warn=log.warning):
-        self.run_dir, self.keep, self.parallel, self.warn = Path(run_dir), keep, parallel, warn
-
-    def save(self, step: int, model, optimizer, state: dict) -> Path:
-        return save_sharded_checkpoint(self.run_dir, step, model, optimizer, state, self.keep, self.parallel)
-
-    def latest(self) -> Path | None:
-        return latest_good_checkpoint(self.run_dir, self.warn)
-
-    def any_exist(self) -> bool:
-        return bool(checkpoints_newest_first(self.run_dir))
-
-    def load(self, path: Path, model, optimizer, device) -> dict:
-        """Weights into `model`, moments into `optimizer` (sharded or one-process checkpoint); returns the rest."""
-        state = load_state(path)
-        if is_sharded(path):
-            load_sharded(path, model, optimizer)
-        else:
-            load_single_process(path, model, optimizer, state.pop("optimizer"))
-        return state

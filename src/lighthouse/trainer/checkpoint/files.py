@@ -1,5 +1,4 @@
-"""Checkpoints: weights as safetensors, everything else (optimizer, LR schedule, data position,
-RNG states, counters) in `state.pt`, written atomically and verified on load.
+"""The files of a checkpoint: written atomically, sealed with checksums, verified, found, pruned.
 
 Layout of `runs/<name>/checkpoints/`:
 
@@ -8,42 +7,23 @@ Layout of `runs/<name>/checkpoints/`:
     step-00000100/meta.json           step, and the size and SHA-256 of every file
     latest                            the name of the newest complete checkpoint
 
-A checkpoint of a multi-process run (`lighthouse.distributed.checkpoint`) has the same three
-files (`model.safetensors` consolidated, `state.pt` without the optimizer) plus `dcp/`, the
-model and optimizer sharded by torch.distributed.checkpoint; meta.json vouches for those too.
-
-The promises, and how they are kept:
-- A kill at any moment leaves the last good checkpoint loadable: a checkpoint is written
-  into a hidden temporary folder, flushed, and renamed into place in one step (`os.replace`);
-  only then does `latest` move (temp file + rename).
-- A damaged checkpoint is never loaded silently: `meta.json` records a SHA-256 of each file,
-  checked before anything is read. A damaged or unreadable checkpoint raises a one-line
-  `CheckpointError` naming the file; resuming falls back, with a warning, to the newest older
-  checkpoint that verifies (keep more than one with `training.keep_checkpoints`).
-- Pruning renames an old checkpoint out of sight (`.trash-*`) before deleting it, so a kill
-  mid-delete leaves no half folder that looks like a checkpoint; leftovers of killed saves
-  and prunes are removed by the next save.
-- One trainer per run: `RunLock` holds an exclusive lock on `<run>/.lock` for the whole run
-  (released by the OS when the process dies, even by SIGKILL), and a second trainer on the
-  same run stops with an error that says who holds it.
+A save (local.py, sharded.py) writes its files into a hidden temporary folder
+(`fresh_folder`), seals it (`seal_checkpoint`: fsync, meta.json), renames it into place in one
+step (`install_checkpoint`), then moves `latest` and prunes (`point_latest`). Loading checks
+meta.json's sizes and SHA-256s first (`verify_checkpoint`) and falls back to the newest older
+checkpoint that verifies (`latest_good_checkpoint`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import random
 import shutil
-import socket
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
 
 log = logging.getLogger("lighthouse.checkpoint")
 
@@ -57,19 +37,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used (damaged, truncated, unreadable); the message names the file."""
 
 
-class RunLockedError(RuntimeError):
-    """Another live process is training the same run."""
-
-
 def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR
 
 
-def _step_name(step: int) -> str:
+def step_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -110,26 +86,10 @@ def _complete_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if is_complete(p))
 
 
-# ---- saving ---------------------------------------------------------------------------------
-def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, state: dict, keep: int = 1) -> Path:
-    """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`."""
-    root = checkpoint_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / _step_name(step)
-    if not is_good(final):  # a good checkpoint of this step (a re-save after resume) stays as it is
-        tmp = fresh_folder(root / f".tmp-{_step_name(step)}-{os.getpid()}")
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(state, tmp / "state.pt")
-        seal_checkpoint(tmp, step, DATA_FILES)
-        install_checkpoint(tmp, final)
-    point_latest(final, keep)
-    return final
-
-
-# The steps of a save, shared with the multi-process checkpointer (lighthouse.distributed.checkpoint).
+# ---- writing ---------------------------------------------------------------------------------
 def checkpoint_folder(run_dir: str | Path, step: int) -> Path:
     """Where checkpoint `step` of a run lives once complete."""
-    return checkpoint_root(run_dir) / _step_name(step)
+    return checkpoint_root(run_dir) / step_name(step)
 
 
 def fresh_folder(path: Path) -> Path:
@@ -148,13 +108,13 @@ def seal_checkpoint(folder: Path, step: int, files, digests: dict | None = None,
     """
     digests = digests or {}
     for f in files:
-        _fsync(folder / f)
+        fsync(folder / f)
     files = {f: {"bytes": (folder / f).stat().st_size, "sha256": digests.get(f) or sha256_file(folder / f)}
              for f in files}
     meta = {"step": step, **extra, "files": files}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    _fsync(folder / "meta.json")
-    _fsync(folder)
+    fsync(folder / "meta.json")
+    fsync(folder)
 
 
 def install_checkpoint(tmp: Path, final: Path) -> None:
@@ -162,7 +122,7 @@ def install_checkpoint(tmp: Path, final: Path) -> None:
     if final.exists():  # an incomplete or damaged folder of that name
         _remove(final)
     os.replace(tmp, final)
-    _fsync(final.parent)
+    fsync(final.parent)
 
 
 def point_latest(final: Path, keep: int) -> None:
@@ -272,7 +232,7 @@ def resolve_checkpoint(path: str | Path, warn=log.warning) -> Path:
     return found
 
 
-# ---- loading ----------------------------------------------------------------------------------
+# ---- reading ---------------------------------------------------------------------------------
 def load_state(path: Path, device="cpu") -> dict:
     """`state.pt` of a checkpoint; any failure becomes a one-line CheckpointError naming the file."""
     f = Path(path) / "state.pt"
@@ -281,122 +241,3 @@ def load_state(path: Path, device="cpu") -> dict:
     except Exception as e:  # EOFError, pickle errors, zip errors from a damaged file
         first_line = (str(e).splitlines() or [""])[0]
         raise CheckpointError(f"{f}: cannot be read ({type(e).__name__}: {first_line})") from None
-
-
-def load_weights(path: Path, model: torch.nn.Module, device="cpu") -> None:
-    f = Path(path) / "model.safetensors"
-    try:
-        load_model(model, str(f), strict=True, device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{f}: cannot be read ({e})") from None
-    except RuntimeError as e:  # missing or unexpected weights: another architecture's checkpoint
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
-        raise CheckpointError(f"{f}: does not fit this model ({detail})") from None
-
-
-def load_checkpoint(path: Path, model: torch.nn.Module | None = None, device="cpu", verify: bool = True) -> dict:
-    """Verify, load weights into `model` (when given) and return the state dict."""
-    path = Path(path)
-    if verify:
-        verify_checkpoint(path)
-    if model is not None:
-        load_weights(path, model, device)
-    return load_state(path, device)
-
-
-class Checkpointer:
-    """The trainer's checkpoint part: saves every so often, finds the newest good one, loads it."""
-
-    def __init__(self, run_dir: str | Path, keep: int = 1, warn=log.warning):
-        self.run_dir, self.keep, self.warn = Path(run_dir), keep, warn
-
-    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> Path:
-        return save_checkpoint(self.run_dir, step, model, {**state, "optimizer": optimizer.state_dict()}, self.keep)
-
-    def latest(self) -> Path | None:
-        """The newest checkpoint that verifies (damaged newer ones are reported and skipped)."""
-        return latest_good_checkpoint(self.run_dir, self.warn)
-
-    def any_exist(self) -> bool:
-        return bool(checkpoints_newest_first(self.run_dir))
-
-    def load(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device) -> dict:
-        """Weights into `model`, moments into `optimizer`; returns the rest of the state."""
-        if is_sharded(path):  # written by a multi-process run: torch.distributed.checkpoint reshards it
-            from .checkpoint_sharded import load_sharded
-
-            load_sharded(path, model, optimizer)
-            return load_state(path, device)
-        state = load_checkpoint(path, model, device, verify=False)  # `latest` verified it
-        optimizer.load_state_dict(state["optimizer"])
-        return state
-
-
-# ---- one trainer per run ------------------------------------------------------------------------
-class RunLock:
-    """An exclusive advisory lock on `<run_dir>/.lock`, held while a trainer works on the run."""
-
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / ".lock"
-        self._fh = None
-
-    def acquire(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise RunLockedError(
-                f"{self.path.parent} is being trained by {holder}; wait for it to finish or stop it first"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        fh.flush()
-        self._fh = fh
-        return self
-
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-# ---- RNG state -----------------------------------------------------------------------------
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": _to_lists(random.getstate()),
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(_to_tuples(state["python"]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _to_lists(x):
-    return [_to_lists(i) for i in x] if isinstance(x, (tuple, list)) else x
-
-
-def _to_tuples(x):
-    return tuple(_to_tuples(i) for i in x) if isinstance(x, list) else x
