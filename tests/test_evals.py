@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lighthouse.cli import main
+from lighthouse.evals.bpb import evaluate
 from lighthouse.evals.passkey import (
     QUESTION,
     min_prompt_length,
@@ -19,11 +20,6 @@ from lighthouse.evals.passkey import (
 from lighthouse.evals.position import bucket_edges, format_position, plot_position_bpb, pooled_bpb, position_bpb
 from lighthouse.model import ModelArgs, Transformer
 from lighthouse.tokenizer import EOD_ID
-
-try:
-    from lighthouse.evals.bpb import evaluate
-except ImportError:  # before the move out of the trainer loop
-    from lighthouse.trainer.loop import evaluate
 
 VOCAB = ModelArgs().vocab_size
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

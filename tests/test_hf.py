@@ -317,7 +317,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_export_cli_opens_in_transformers_and_generates(tiny_run, tmp_path, capsys):
-    from lighthouse.sample import load_model
+    from lighthouse.trainer.build import load_trained
 
     out = tmp_path / "hf"
     assert cli_main(["export", str(tiny_run), str(out)]) == 0
@@ -328,7 +328,7 @@ def test_export_cli_opens_in_transformers_and_generates(tiny_run, tmp_path, caps
     hf = AutoModelForCausalLM.from_pretrained(out)
     config = json.loads((out / "config.json").read_text())
     assert (config["eos_token_id"], config["vocab_size"], config["max_position_embeddings"]) == (EOD_ID, 264, 256)
-    ours = load_model(tiny_run).model
+    ours = load_trained(tiny_run, "cpu").model
     ids = tokens(B=2, n=256)
     with torch.no_grad():
         expected = ours(ids)

@@ -115,26 +115,23 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
 def cmd_eval(args) -> int:
     from .evals.bpb import evaluate
-    from .trainer.checkpoint import load_state, load_weights, resolve_checkpoint
-    from .trainer.config import config_from_dict
+    from .trainer.build import autocast_dtype, load_trained
     from .trainer.data import ByteData
-    from .trainer.loop import autocast_dtype, build_model, resolve_device
 
-    ckpt = resolve_checkpoint(args.checkpoint, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    state = load_state(ckpt)
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f'training.device="{args.device}"')
     if args.windows:
         overrides.append(f"data.val_windows={args.windows}")
-    cfg = config_from_dict(state["config"], overrides)
-    step = int(state["step"])
-    kind = args.attention if args.attention != "auto" else cfg.stages[cfg.stage_at(max(0, step - 1))].attention
-    device = resolve_device(cfg.training.device)
-    model = build_model(cfg, device)
-    load_weights(ckpt, model, device)
+    trained = load_trained(args.checkpoint, overrides=overrides, warn=_warn)
+    model, cfg, step, ckpt, device = trained.model, trained.cfg, trained.step, trained.ckpt, trained.device
+    kind = args.attention if args.attention != "auto" else trained.attention
     model.set_attention(kind)
     if args.task != "bpb":
         from .eval_tasks import run_task
@@ -164,8 +161,7 @@ def cmd_export(args) -> int:
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
-        ckpt, out = export_run(args.run_dir, args.out_dir, dtype=dtype, overwrite=args.overwrite,
-                               warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
+        ckpt, out = export_run(args.run_dir, args.out_dir, dtype=dtype, overwrite=args.overwrite, warn=_warn)
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -66,6 +66,20 @@ class ModelArgs:
         return {i % self.n_layers for i in self.dense_layers}
 
 
+class RopeTables:
+    """RoPE tables (cos, sin) [N, D] of one length and device at a time, made when first asked for."""
+
+    def __init__(self, head_dim: int, theta: float):
+        self.head_dim, self.theta = head_dim, theta
+        self._cache: dict = {}
+
+    def __call__(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (seq_len, str(device))
+        if key not in self._cache:
+            self._cache = {key: rope_tables(seq_len, self.head_dim, self.theta, device=device)}
+        return self._cache[key]
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -151,7 +165,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self._rope_cache: dict = {}
+        self._rope_tables = RopeTables(args.head_dim, args.rope_theta)
         # Recompute each block's activations in the backward pass instead of storing them
         # (training memory ~ one block instead of all); the selection is recomputed identically.
         self.activation_checkpointing = False
@@ -212,10 +226,8 @@ class Transformer(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------
     def rope(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (seq_len, str(device))
-        if key not in self._rope_cache:
-            self._rope_cache = {key: rope_tables(seq_len, self.args.head_dim, self.args.rope_theta, device=device)}
-        return self._rope_cache[key]
+        """The rotary tables of positions 0..seq_len-1."""
+        return self._rope_tables(seq_len, device)
 
     def forward(self, idx_BN: torch.Tensor, targets_BN: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, N, V]; or, with targets, the mean cross-entropy (nats per token)."""

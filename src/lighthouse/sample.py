@@ -16,7 +16,6 @@ H query heads, G key/value heads, D head dim, V vocabulary.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -115,33 +114,6 @@ def generate(model: Transformer, prompt_BP: torch.Tensor, max_new_tokens: int, *
     return torch.cat(out, dim=1)
 
 
-# ---- from a checkpoint ------------------------------------------------------------------------------
-@dataclass
-class Loaded:
-    model: Transformer
-    checkpoint: str
-    step: int
-    stage_attention: str  # the attention the checkpoint's stage trained with
-    seq_len: int
-
-
-def load_model(checkpoint, device="cpu", warn=None) -> Loaded:
-    """A run folder or checkpoint folder -> the model on `device` (weights of the newest good checkpoint)."""
-    from .trainer.checkpoint import load_state, load_weights, resolve_checkpoint
-    from .trainer.config import config_from_dict
-    from .trainer.loop import build_model
-
-    ckpt = resolve_checkpoint(checkpoint, **({"warn": warn} if warn else {}))
-    state = load_state(ckpt)
-    cfg = config_from_dict(state["config"])
-    step = int(state["step"])
-    model = build_model(cfg, device)
-    load_weights(ckpt, model, device)
-    model.set_attention("dense")
-    stage = cfg.stages[cfg.stage_at(max(0, step - 1))].attention
-    return Loaded(model, str(ckpt), step, stage, cfg.data.seq_len)
-
-
 def encode_prompt(prompt: str) -> list[int]:
     """A document start (the end-of-document id) followed by the prompt's UTF-8 bytes."""
     return [EOD_ID, *prompt.encode("utf-8")]
@@ -157,13 +129,13 @@ def decode_bytes(ids) -> str:
     return out.decode("utf-8", errors="replace")
 
 
-def sample_text(loaded: Loaded, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8,
+def sample_text(model: Transformer, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8,
                 top_k: int | None = 50, seed: int = 0) -> str:
     """The continuation of `prompt` (without the prompt)."""
-    device = next(loaded.model.parameters()).device
+    device = next(model.parameters()).device
     prompt_ids = torch.tensor([encode_prompt(prompt)], device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    ids = generate(loaded.model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+    ids = generate(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
     return decode_bytes(ids[0, prompt_ids.shape[1]:].tolist())
 
 
@@ -172,11 +144,14 @@ def main_sample(checkpoint, prompt: str, *, max_new_tokens: int, temperature: fl
     """`lighthouse sample`: prints the prompt and its continuation (to `out`, default stdout); notes go to `err`."""
     out, err = out or sys.stdout, err or sys.stderr
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    loaded = load_model(checkpoint, dev, warn=lambda msg: print(f"warning: {msg}", file=err))
-    note = f"{loaded.checkpoint}: step {loaded.step}, dense attention with a KV cache"
-    if loaded.stage_attention != "dense":
-        note += f" (this checkpoint is from a {loaded.stage_attention} stage, before dense recovery)"
+    from .trainer.build import load_trained
+
+    trained = load_trained(checkpoint, dev, warn=lambda msg: print(f"warning: {msg}", file=err))
+    note = f"{trained.ckpt}: step {trained.step}, dense attention with a KV cache"
+    if trained.attention != "dense":
+        note += f" (this checkpoint is from a {trained.attention} stage, before dense recovery)"
     print(note, file=err)
-    text = sample_text(loaded, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    trained.model.set_attention("dense")
+    text = sample_text(trained.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
     print(prompt + text, file=out)
     return 0

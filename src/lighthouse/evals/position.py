@@ -17,10 +17,8 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ..tokenizer import BYTE_VOCAB
-from .common import autocast, eval_mode
+from .common import eval_mode, target_nats, window_batches
 
 
 def bucket_edges(n: int, first: int = 1024, factor: int = 4) -> list[int]:
@@ -57,18 +55,14 @@ def position_bpb(
     edges = list(edges) if edges is not None else bucket_edges(n)
     if edges[0] != 0 or edges[-1] != n or any(a >= b for a, b in itertools.pairwise(edges)):
         raise ValueError(f"edges must rise strictly from 0 to the window length {n}, got {edges}")
-    nats_N = torch.zeros(n, dtype=torch.float64)
-    bytes_N = torch.zeros(n, dtype=torch.int64)
+    nats_N = torch.zeros(n, dtype=torch.float64, device=device)  # summed on the device, read back once
+    bytes_N = torch.zeros(n, dtype=torch.int64, device=device)
     with eval_mode(model):
-        for i in range(0, len(windows_WN1), micro_batch):
-            w_BN1 = windows_WN1[i : i + micro_batch].to(device)
-            x_BN, y_BN = w_BN1[:, :-1], w_BN1[:, 1:]
-            with autocast(device, amp_dtype):
-                logits_BNV = model(x_BN)
-            nats_BN = F.cross_entropy(logits_BNV.float().flatten(0, 1), y_BN.flatten(), reduction="none").view_as(y_BN)
-            is_byte_BN = y_BN < BYTE_VOCAB
-            nats_N += torch.where(is_byte_BN, nats_BN.double(), 0.0).sum(0).cpu()
-            bytes_N += is_byte_BN.sum(0).cpu()
+        for x_BN, y_BN in window_batches(windows_WN1, micro_batch, device):
+            nats_BN, is_byte_BN = target_nats(model, x_BN, y_BN, device, amp_dtype)
+            nats_N += torch.where(is_byte_BN, nats_BN.double(), 0.0).sum(0)
+            bytes_N += is_byte_BN.sum(0)
+    nats_N, bytes_N = nats_N.cpu(), bytes_N.cpu()
     out = []
     for start, end in itertools.pairwise(edges):
         nats, count = float(nats_N[start:end].sum()), int(bytes_N[start:end].sum())

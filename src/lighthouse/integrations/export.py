@@ -184,12 +184,9 @@ def export_model(model: Transformer, out_dir: str | Path, *, max_position_embedd
 def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: torch.dtype | None = None,
                overwrite: bool = False, warn=None) -> tuple[Path, Path]:
     """Export the newest good checkpoint of a run (or a checkpoint folder); returns (checkpoint, out_dir)."""
-    from ..trainer.checkpoint import load_state, load_weights, resolve_checkpoint
-    from ..trainer.config import config_from_dict
-    from ..trainer.loop import build_model
+    from ..trainer.build import load_trained
 
-    ckpt = resolve_checkpoint(run_dir, **({"warn": warn} if warn else {}))
-    cfg = config_from_dict(load_state(ckpt)["config"])
-    model = build_model(cfg, "cpu")
-    load_weights(ckpt, model, "cpu")
-    return ckpt, export_model(model, out_dir, max_position_embeddings=cfg.data.seq_len, dtype=dtype, overwrite=overwrite)
+    trained = load_trained(run_dir, "cpu", warn=warn)
+    out = export_model(trained.model, out_dir, max_position_embeddings=trained.cfg.data.seq_len, dtype=dtype,
+                       overwrite=overwrite)
+    return trained.ckpt, out

@@ -10,7 +10,7 @@
 Stage 2 simply continues: same weights, same optimizer state, same schedule, with dense
 attention. A checkpoint holds everything needed to continue bit for bit (`--resume`).
 
-The parts, one job each: `Stepper` (stepper.py), `Evaluator` (below, on evals/bpb.py),
+The parts, one job each: `Stepper` (stepper.py), `Evaluator` (build.py, on evals/bpb.py),
 `Checkpointer` (checkpoint/), `TrainLog` (progress.py: metrics and the progress bar).
 
 Under torchrun (WORLD_SIZE > 1) every rank runs this same loop; setup joins the process group
@@ -35,8 +35,7 @@ import numpy as np
 import torch
 
 from ..distributed.mesh import join_parallel, launched_world_size
-from ..evals.bpb import evaluate
-from ..model import Transformer
+from .build import Evaluator, autocast_dtype, build_model, resolve_device
 from .checkpoint import CHECKPOINT_DIR, Checkpointer, RunLock, rng_state, set_rng_state
 from .config import Config, ConfigError, from_dict, resolve_parallel, to_dict, to_toml
 from .data import ByteData
@@ -55,57 +54,6 @@ class Interrupted(RuntimeError):
     def __init__(self, signum: int, checkpoint: Path):
         super().__init__(f"stopped by {signal.Signals(signum).name}; checkpoint written to {checkpoint}")
         self.signum, self.checkpoint = signum, checkpoint
-
-
-# ---- setup helpers ---------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"'training.device' is {name!r} but CUDA is not available")
-    return device
-
-
-def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """bfloat16 autocast on CUDA by default; None means plain float32."""
-    if cfg.training.dtype == "bfloat16" or (cfg.training.dtype == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def build_model(cfg: Config, device: torch.device | str = "meta") -> Transformer:
-    """The model of `cfg`; built on the meta device, then materialized on `device` unless that is meta.
-
-    Sharded training materializes after sharding (`Transformer.materialize`); either way the
-    initial weights equal an eager build from the same RNG state.
-    """
-    with torch.device("meta"):
-        model = Transformer(cfg.model, cfg.lighthouse)
-    if torch.device(device).type != "meta":
-        model.materialize(device)
-    return model
-
-
-class Evaluator:
-    """Validation bits-per-byte of the model, with its current attention or with every layer set to `kind`."""
-
-    def __init__(self, model: Transformer, forward, windows, micro_batch: int, device, amp_dtype):
-        self.model, self.forward, self.windows = model, forward, windows
-        self.micro_batch, self.device, self.amp_dtype = micro_batch, device, amp_dtype
-
-    def __call__(self, kind: str | None = None) -> dict:
-        saved = [block.attention.core for block in self.model.layers]
-        if kind is not None:
-            self.model.set_attention(kind)
-        try:
-            return self.score()
-        finally:
-            for block, core in zip(self.model.layers, saved):
-                block.attention.core = core
-
-    def score(self) -> dict:
-        return evaluate(self.forward, self.windows, self.micro_batch, self.device, self.amp_dtype)
 
 
 @dataclass

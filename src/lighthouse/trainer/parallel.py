@@ -1,17 +1,16 @@
 """The trainer's parts for a multi-process run: what differs from one process.
 
-- `build_sharded_model`: the model built on meta, sharded with FSDP2 (lighthouse/distributed/fsdp.py),
+- `build_sharded_model`: the model built on meta, made context-parallel with cp > 1
+  (lighthouse/distributed/parallelize.py), sharded with FSDP2 (lighthouse/distributed/fsdp.py),
   and filled with the weights a single process would start from.
 
 - `DistributedStepper`: the rows of each global micro-batch are split over the data-parallel
   ranks, and with cp > 1 every sequence over the context-parallel ranks; FSDP averages the
   gradients; the gradient norm it clips by is the global one.
 - `DistributedEvaluator`: the validation windows are split the same way and the sums
-  all-reduced, so the bits-per-byte are those of one process.
-- `use_context_parallel`: the model's attention modules become the context-parallel ones
-  (`context_parallel.py`), through `Transformer.attention_builder`.
+  (lighthouse/evals/common.py) all-reduced, so the bits-per-byte are those of one process.
 
-Data. Every rank runs the same deterministic stream (`trainer/data.py`, untouched) and reads
+Data. Every rank runs the same deterministic stream (`trainer/data/`, untouched) and reads
 every row; rank r of dp keeps rows [r*b, (r+1)*b) of each global micro-batch of dp*b rows
 (b = `micro_batch_per_rank`), so the ranks' rows are exactly the one-process batch, without
 overlap or gap. The stream's position is therefore the same on all ranks, and a checkpoint
@@ -19,29 +18,24 @@ saves it once. With cp > 1 the ranks of a CP group keep the same rows, and each 
 load-balanced pair of sequence chunks (`shard_sequence`), cut after the targets are made.
 
 Legend: B rows of one rank's micro-batch, R rows of a global micro-batch (dp * B), N window
-length, n local length (N / cp), V vocabulary, H query heads, G key/value heads, D head dim.
+length, n local length (N / cp).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.tensor import DTensor
 
-from ..distributed.context_parallel import ContextParallelDense, ContextParallelLighthouse, shard_rope, shard_sequence
+from ..distributed.context_parallel import shard_sequence
 from ..distributed.fsdp import mixed_precision, shard_model
 from ..distributed.mesh import ParallelState
-from ..evals.common import autocast, eval_mode
+from ..distributed.parallelize import use_context_parallel
+from ..evals.common import bits_per_byte, eval_mode, nats_totals, target_nats
 from ..model import Transformer
-from ..rope import apply_rotary_dense, rope_tables
-from ..tokenizer import BYTE_VOCAB
+from .build import Evaluator, build_model
 from .config import Config, micro_batch_per_rank
-from .loop import Evaluator, build_model
 from .stepper import Stepper
 
 
@@ -85,23 +79,17 @@ def evaluate_sharded(model, windows_WN1: torch.Tensor, micro_batch: int, paralle
     """
     p = parallel
     batches = windows_WN1.split(micro_batch)
-    sums = torch.zeros(4, dtype=torch.float64, device=p.device)  # nats and count of byte targets; of all targets
+    totals = torch.zeros(4, dtype=torch.float64, device=p.device)
     with eval_mode(model):
         for first in range(0, len(batches), p.dp):
             index = first + p.dp_rank
             counted = index < len(batches)
             x_Bn, y_Bn = inputs_and_targets(batches[index if counted else 0], p)
-            with autocast(p.device, amp_dtype):
-                logits_BnV = model(x_Bn)
-            if not counted:
-                continue
-            nats_Bn = F.cross_entropy(logits_BnV.float().flatten(0, 1), y_Bn.flatten(), reduction="none").view_as(y_Bn)
-            is_byte = y_Bn < BYTE_VOCAB
-            sums += torch.stack([nats_Bn[is_byte].double().sum(), is_byte.sum().double(), nats_Bn.double().sum(),
-                                 torch.tensor(float(y_Bn.numel()), dtype=torch.float64, device=p.device)])
-    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-    nats_bytes, n_bytes, nats_all, n_all = sums.tolist()
-    return {"val_bpb": nats_bytes / max(1.0, n_bytes) / math.log(2), "val_loss": nats_all / max(1.0, n_all)}
+            nats_Bn, is_byte_Bn = target_nats(model, x_Bn, y_Bn, p.device, amp_dtype)
+            if counted:
+                totals += nats_totals(nats_Bn, is_byte_Bn)
+    dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    return bits_per_byte(totals)
 
 
 class DistributedEvaluator(Evaluator):
@@ -114,67 +102,6 @@ class DistributedEvaluator(Evaluator):
 
     def score(self) -> dict:
         return evaluate_sharded(self.forward, self.windows, self.micro_batch, self.parallel, self.amp_dtype)
-
-
-# ---- context parallelism in the model -------------------------------------------------------------
-class FullLengthRope:
-    """RoPE tables for whole sequences (N = local length * cp), made once per length and device."""
-
-    def __init__(self, head_dim: int, theta: float):
-        self.head_dim, self.theta = head_dim, theta
-        self._cache: dict = {}
-
-    def __call__(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (seq_len, str(device))
-        if key not in self._cache:
-            self._cache = {key: rope_tables(seq_len, self.head_dim, self.theta, device=device)}
-        return self._cache[key]
-
-
-class ContextParallelAttention(nn.Module):
-    """A context-parallel attention module behind the model's attention contract (`lighthouse.layers`).
-
-    The model runs on local shards [B, n] and hands its attention RoPE tables for positions
-    0..n-1. Context-parallel attention rotates every local position at its global position, so
-    it needs the tables of the whole sequence (N = n * cp): made here and passed on. With the
-    pre-pool placement a Lighthouse layer gets q and k rotated here (`shard_rope`) instead.
-    """
-
-    def __init__(self, kind: str, inner: nn.Module, parallel: ParallelState, rope_placement: str,
-                 tables: FullLengthRope):
-        super().__init__()
-        self.kind, self.inner, self.rope_placement, self.tables = kind, inner, rope_placement, tables
-        self.cp_rank, self.cp = parallel.cp_rank, parallel.cp
-
-    def forward(self, q_BHnD, k_BGnD, v_BGnD, rope=None, context=None) -> torch.Tensor:
-        if rope is None:  # q and k carry their positions already
-            return self.inner(q_BHnD, k_BGnD, v_BGnD, rope=None)
-        seq_len = q_BHnD.shape[2] * self.cp
-        rope_ND = self.tables(seq_len, q_BHnD.device)
-        if self.kind == "lighthouse" and self.rope_placement == "pre-pool":
-            local_nD = shard_rope(rope_ND, seq_len, self.cp_rank, self.cp)
-            q_BHnD, k_BGnD = apply_rotary_dense(q_BHnD, *local_nD), apply_rotary_dense(k_BGnD, *local_nD)
-            return self.inner(q_BHnD, k_BGnD, v_BGnD, rope=None)
-        return self.inner(q_BHnD, k_BGnD, v_BGnD, rope=rope_ND)
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind}, cp={self.cp}, rope={self.rope_placement}"
-
-
-def use_context_parallel(model: Transformer, parallel: ParallelState) -> None:
-    """Make every attention module of `model`, now and at each stage switch, context-parallel over the CP group."""
-    tables = FullLengthRope(model.args.head_dim, model.args.rope_theta)
-    group = parallel.cp_group
-
-    def build(kind: str, layer: int) -> nn.Module:
-        if kind == "lighthouse":
-            inner = ContextParallelLighthouse(model.lighthouse, group)
-        else:
-            inner = ContextParallelDense(group)
-        return ContextParallelAttention(kind, inner, parallel, model.args.rope, tables)
-
-    model.attention_builder = build
-    model.set_attention("dense")  # the modules made with the model are not context-parallel yet
 
 
 def build_sharded_model(cfg: Config, parallel: ParallelState, amp_dtype: torch.dtype | None) -> Transformer:
