@@ -43,8 +43,8 @@ from lighthouse.integrations.export import (  # noqa: E402
     hf_name,
     ids_to_bytes,
 )
-from lighthouse.model import ModelArgs, Transformer  # noqa: E402
-from lighthouse.sample import KVCache, forward_cached, generate  # noqa: E402
+from lighthouse.model import KVCache, ModelArgs, Transformer  # noqa: E402
+from lighthouse.sample import generate  # noqa: E402
 from lighthouse.tokenizer import EOD_ID  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -372,10 +372,15 @@ def test_cached_sampling_equals_uncached_greedy():
     assert len(set(cached[0, 9:].tolist())) > 1  # not a constant continuation
     # a prefix prefilled in two chunks gives the logits of one full forward
     cache = KVCache(model, 2, 40, "cpu", torch.float32)
-    forward_cached(model, uncached[:, :20], cache)
-    chunked = forward_cached(model, uncached[:, 20:33], cache)
     with torch.no_grad():
-        torch.testing.assert_close(chunked, model(uncached[:, :33])[:, -1], rtol=1e-5, atol=1e-5)
+        model(uncached[:, :20], start=0, cache=cache)
+        chunked = model(uncached[:, 20:33], start=20, cache=cache)
+        torch.testing.assert_close(chunked, model(uncached[:, :33])[:, 20:], rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match=r"KV cache full: 33 \+ 8 positions > capacity 40"):
+            model(uncached[:, :8], start=33, cache=cache)
+        model.set_attention("lighthouse")
+        with pytest.raises(ValueError, match=r"KV cache runs dense attention"):
+            model(uncached[:, :1], start=0, cache=cache)
 
 
 def test_sample_cli(tiny_run, capsys):

@@ -15,8 +15,14 @@ The model can be built on the meta device (`with torch.device("meta"): Transform
 and materialized later (`Transformer.materialize(device)`), after sharding, with the same
 initial weights as an eager build from the same seed.
 
-Legend: B batch, N sequence length, V vocabulary size, E model dim, H query heads,
-G key/value heads, D head dim, F feed-forward hidden size, L layers.
+Decoding (`lighthouse sample`) uses the same forward with a `KVCache`:
+`model(ids_BN, start=s, cache=cache)` runs positions s..s+N-1, appends their rotated keys and
+values to the cache and attends to everything cached before them, with dense attention (what a
+model is after its dense recovery stage; Lighthouse is a training-time method with no cached form).
+
+Legend: B batch, N sequence length (new positions when decoding), S cached positions (past and
+new), V vocabulary size, E model dim, H query heads, G key/value heads, D head dim, F
+feed-forward hidden size, L layers.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch.utils.checkpoint
 from .config import LighthouseConfig
 from .gla import gla_log_gates, init_gate_projection
 from .layers import ATTENTION_KINDS, ROPE_PLACEMENTS, build_attention
-from .rope import rope_tables
+from .rope import apply_rotary_dense, rope_tables
 from .scorers import GLAScorer
 from .tokenizer import BYTE_VOCAB, EOD_ID, PAD_ID, VOCAB_SIZE  # noqa: F401 - EOD_ID, PAD_ID: older imports from here
 
@@ -92,6 +98,44 @@ class RMSNorm(nn.Module):
         return x_BNE_f.type_as(x_BNE) * self.weight
 
 
+class LayerCache:
+    """The rotated keys and the values of one layer, [B, G, capacity, D] each."""
+
+    def __init__(self, shape: tuple[int, ...], device, dtype):
+        self.k_BGSD = torch.empty(shape, device=device, dtype=dtype)
+        self.v_BGSD = torch.empty(shape, device=device, dtype=dtype)
+
+    def update(self, start: int, k_BGND: torch.Tensor, v_BGND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write positions start..start+N-1; returns keys and values of positions 0..start+N-1."""
+        end = start + k_BGND.shape[2]
+        self.k_BGSD[:, :, start:end] = k_BGND
+        self.v_BGSD[:, :, start:end] = v_BGND
+        return self.k_BGSD[:, :, :end], self.v_BGSD[:, :, :end]
+
+
+class KVCache:
+    """Keys and values of every layer for up to `capacity` positions (dense decoding; see the module docstring)."""
+
+    def __init__(self, model: Transformer, batch: int, capacity: int, device=None, dtype=None):
+        args = model.args
+        shape = (batch, args.n_kv_heads, capacity, args.head_dim)
+        self.layers = [LayerCache(shape, device, dtype) for _ in model.layers]
+        self.capacity = capacity
+
+
+def attend_cached(q_BHND: torch.Tensor, k_BGSD: torch.Tensor, v_BGSD: torch.Tensor, start: int) -> torch.Tensor:
+    """Causal SDPA of N new queries at positions start..start+N-1 over the S = start + N cached keys."""
+    N = q_BHND.shape[2]
+    gqa = q_BHND.shape[1] != k_BGSD.shape[1]
+    if N == 1:  # one query sees every cached key
+        return F.scaled_dot_product_attention(q_BHND, k_BGSD, v_BGSD, enable_gqa=gqa)
+    if start == 0:
+        return F.scaled_dot_product_attention(q_BHND, k_BGSD, v_BGSD, is_causal=True, enable_gqa=gqa)
+    # Several new positions after a cached prefix: causal, aligned to the end.
+    keep_NS = torch.arange(start + N, device=q_BHND.device)[None, :] <= torch.arange(start, start + N, device=q_BHND.device)[:, None]
+    return F.scaled_dot_product_attention(q_BHND, k_BGSD, v_BGSD, attn_mask=keep_NS, enable_gqa=gqa)
+
+
 class Attention(nn.Module):
     """q, k, v, o projections around an attention module (`self.core`, from `lighthouse.layers`).
 
@@ -115,13 +159,23 @@ class Attention(nn.Module):
     def kind(self) -> str:
         return self.core.kind
 
-    def forward(self, x_BNE: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x_BNE: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], start: int = 0,
+                cache: LayerCache | None = None) -> torch.Tensor:
+        """`rope`: the tables of positions start..start+N-1; `cache`: decode against it (dense attention)."""
         B, N, _ = x_BNE.shape
         q_BHND = self.wq(x_BNE).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)
         k_BGND = self.wk(x_BNE).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v_BGND = self.wv(x_BNE).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        gates = gla_log_gates(x_BNE, self.wg) if self.wg is not None and self.kind == "lighthouse" else None
-        o_BHND = self.core(q_BHND, k_BGND, v_BGND, rope=rope, context=gates)
+        if cache is not None:
+            if self.kind != "dense":
+                raise ValueError("decoding with a KV cache runs dense attention: call model.set_attention('dense') first")
+            cos_ND, sin_ND = rope
+            q_BHND = apply_rotary_dense(q_BHND, cos_ND, sin_ND)
+            k_BGSD, v_BGSD = cache.update(start, apply_rotary_dense(k_BGND, cos_ND, sin_ND), v_BGND)
+            o_BHND = attend_cached(q_BHND, k_BGSD, v_BGSD, start)
+        else:
+            gates = gla_log_gates(x_BNE, self.wg) if self.wg is not None and self.kind == "lighthouse" else None
+            o_BHND = self.core(q_BHND, k_BGND, v_BGND, rope=rope, context=gates)
         return self.wo(o_BHND.transpose(1, 2).reshape(B, N, -1))
 
 
@@ -146,8 +200,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args.dim, args.ffn_hidden)
 
-    def forward(self, x_BNE, rope):
-        x_BNE = x_BNE + self.attention(self.attention_norm(x_BNE), rope)
+    def forward(self, x_BNE, rope, start: int = 0, cache: LayerCache | None = None):
+        x_BNE = x_BNE + self.attention(self.attention_norm(x_BNE), rope, start, cache)
         return x_BNE + self.feed_forward(self.ffn_norm(x_BNE))
 
 
@@ -229,16 +283,27 @@ class Transformer(nn.Module):
         """The rotary tables of positions 0..seq_len-1."""
         return self._rope_tables(seq_len, device)
 
-    def forward(self, idx_BN: torch.Tensor, targets_BN: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, N, V]; or, with targets, the mean cross-entropy (nats per token)."""
-        rope = self.rope(idx_BN.shape[1], idx_BN.device)
+    def forward(self, idx_BN: torch.Tensor, targets_BN: torch.Tensor | None = None, start: int = 0,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """Logits [B, N, V] of the ids at positions start..start+N-1; or, with targets, the mean cross-entropy
+        (nats per token).
+
+        cache: decode with it: the keys and values of these positions are written into it and
+        every layer attends to positions 0..start+N-1 with dense attention.
+        """
+        N = idx_BN.shape[1]
+        if cache is not None and start + N > cache.capacity:
+            raise ValueError(f"KV cache full: {start} + {N} positions > capacity {cache.capacity}")
+        cos_SD, sin_SD = self.rope(cache.capacity if cache is not None else start + N, idx_BN.device)
+        rope = cos_SD[start : start + N], sin_SD[start : start + N]
         x_BNE = self.tok_embeddings(idx_BN)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.layers:
+        for i, block in enumerate(self.layers):
+            layer_cache = cache.layers[i] if cache is not None else None
             if recompute:
-                x_BNE = torch.utils.checkpoint.checkpoint(block, x_BNE, rope, use_reentrant=False)
+                x_BNE = torch.utils.checkpoint.checkpoint(block, x_BNE, rope, start, layer_cache, use_reentrant=False)
             else:
-                x_BNE = block(x_BNE, rope)
+                x_BNE = block(x_BNE, rope, start, layer_cache)
         logits_BNV = self.output(self.norm(x_BNE))
         if targets_BN is None:
             return logits_BNV
