@@ -67,7 +67,7 @@ for part in "$@"; do
         cp_run 4 1M lighthouse --steps 2
       fi
       free -g | head -n 2; dmesg 2>/dev/null | grep -i -E "killed process|out of memory" | tail -n 3
-      python3 -c "import json,sys; from lighthouse.bench_cp import format_table; print(format_table(json.load(open(sys.argv[1]))['rows']))" "$out/cp.json" ;;
+      python3 -c "import json,sys; from lighthouse.bench.cp import format_table; print(format_table(json.load(open(sys.argv[1]))['rows']))" "$out/cp.json" ;;
     *) echo "unknown part $part"; status=2 ;;
   esac
 done

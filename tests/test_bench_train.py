@@ -1,7 +1,7 @@
 """The training benchmark's bookkeeping (the timing itself needs a GPU and is not tested here)."""
 
 from lighthouse import LighthouseConfig
-from lighthouse.bench_train import fitted_lighthouse, parse_lengths, table
+from lighthouse.bench.train import fitted_lighthouse, parse_lengths, table
 
 
 def test_lengths_and_fitted_budget():

@@ -346,7 +346,7 @@ def test_parallel_config_errors_name_the_key(tmp_path):
 
 def test_context_parallel_bench_pairs_lighthouse_and_dense(tmp_path):
     """`python -m lighthouse.bench cp` under torchrun: one launch per attention kind, rows collected and paired."""
-    from lighthouse.bench_cp import format_table
+    from lighthouse.bench.cp import format_table
 
     out = tmp_path / "cp.json"
     for kind in ("lighthouse", "dense"):

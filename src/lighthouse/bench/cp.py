@@ -10,9 +10,10 @@ world size, dp = 1): the config's model is built and sharded exactly as the trai
 (`build_sharded_model`: FSDP2 over the ranks, bf16 mixed precision on CUDA, the
 context-parallel attention modules of every layer), and each step is a whole optimizer step
 (forward, backward, AdamW) on random tokens. After `--warmup` untimed steps (Triton
-compilation, allocator growth), each of `--steps` steps is timed with a synchronised host
-clock on every rank; the row records the median over steps of the slowest rank's time,
-tokens/s, and the largest peak memory (`torch.cuda.max_memory_allocated`) of any rank.
+compilation, allocator growth), each of `--steps` steps is timed on every rank (timing.py:
+CUDA events on GPUs, the host clock on CPU); the row records the median over steps of the
+slowest rank's time, tokens/s, and the largest peak memory (`torch.cuda.max_memory_allocated`)
+of any rank.
 
 Each attention kind runs in its own launch, so a kind that does not fit (a dense length past
 the memory) cannot take the other's numbers with it: a rank out of memory stops its launch,
@@ -25,51 +26,49 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from .eval_tasks import parse_lengths
-from .tokenizer import VOCAB_SIZE
+from ..eval_tasks import parse_lengths
+from ..evals.common import autocast
+from ..tokenizer import VOCAB_SIZE
+from .timing import peak_memory, run_info, time_runs, write_result
 
 
-def _max_over_ranks(value: float, device: torch.device) -> float:
+def _max_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Elementwise, the largest of every rank's values."""
     if not dist.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return t.tolist()
 
 
 def timed_steps(model, optimizer, x_Bn, y_Bn, amp_dtype, steps: int, warmup: int, device) -> tuple[list[float], float]:
     """(seconds of each timed step on the slowest rank, loss of the last step) after `warmup` untimed steps."""
-    times, loss = [], None
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    last = {}
+
+    def step():
+        with autocast(device, amp_dtype):
             loss = model(x_Bn, y_Bn)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(_max_over_ranks(elapsed, device))
-    return times, float(loss.detach())
+        last["loss"] = loss
+
+    times_ms = time_runs(step, device, warmup=max(0, warmup - 1), reps=steps)  # the first call is one of the warm-up
+    return [ms / 1e3 for ms in _max_over_ranks(times_ms, device)], float(last["loss"].detach())
 
 
 def measure(cfg, seq_len: int, kind: str, steps: int, warmup: int):
     """(row, this process's ParallelState): `kind` attention in the config's non-dense layers at
     `seq_len`, cp = the world size."""
-    from .distributed.mesh import join_parallel, launched_world_size
-    from .trainer.loop import autocast_dtype, resolve_device
-    from .trainer.parallel import build_sharded_model, inputs_and_targets
-    from .trainer.stepper import build_optimizer
+    from ..distributed.mesh import join_parallel, launched_world_size
+    from ..trainer.build import autocast_dtype, build_model, resolve_device
+    from ..trainer.parallel import build_sharded_model, inputs_and_targets
+    from ..trainer.stepper import build_optimizer
 
     device = resolve_device(cfg.training.device)
     parallel = join_parallel(1, launched_world_size(), device)
@@ -81,8 +80,6 @@ def measure(cfg, seq_len: int, kind: str, steps: int, warmup: int):
     if parallel.distributed:
         model = build_sharded_model(cfg, parallel, amp_dtype)
     else:  # one process: the single-GPU model (a baseline at lengths that fit)
-        from .trainer.loop import build_model
-
         model = build_model(cfg, device)
     model.set_attention(kind)
     model.activation_checkpointing = cfg.training.activation_checkpointing
@@ -90,17 +87,16 @@ def measure(cfg, seq_len: int, kind: str, steps: int, warmup: int):
     gen = torch.Generator().manual_seed(1234)  # the same tokens on every rank
     w_BN1 = torch.randint(0, VOCAB_SIZE, (1, seq_len + 1), generator=gen)
     x_Bn, y_Bn = inputs_and_targets(w_BN1, parallel)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times, loss = timed_steps(model, optimizer, x_Bn, y_Bn, amp_dtype, steps, warmup, device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None  # not tracked on CPU
+    with peak_memory(device) as peak:  # not tracked on CPU
+        times, loss = timed_steps(model, optimizer, x_Bn, y_Bn, amp_dtype, steps, warmup, device)
     step_s = statistics.median(times)
     row = {
         "attention": kind, "N": seq_len, "cp": parallel.cp, "device": _device_name(device),
         "dense_layers": list(cfg.model.dense_layers), "layers": cfg.model.n_layers,
         "lighthouse": cfg.lighthouse.describe(), "activation_checkpointing": cfg.training.activation_checkpointing,
         "step_s": step_s, "min_s": min(times), "max_s": max(times), "steps": len(times),
-        "tok_s": seq_len / step_s, "peak_gib_max_rank": None if peak is None else _max_over_ranks(peak, device),
+        "tok_s": seq_len / step_s,
+        "peak_gib_max_rank": None if peak.gib is None else _max_over_ranks([peak.gib], device)[0],
         "loss": loss,
     }
     return row, parallel
@@ -133,9 +129,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main_cp(args) -> int:
-    from .distributed.mesh import launched_world_size
-    from .trainer.config import load_config
+def main(args, argv=None) -> int:
+    from ..distributed.mesh import launched_world_size
+    from ..trainer.config import load_config
 
     lengths = parse_lengths(args.seq_len)
     if len(lengths) != 1:
@@ -148,8 +144,7 @@ def main_cp(args) -> int:
         overrides.append("training.activation_checkpointing=true")
     cfg = load_config(args.config, overrides)
     row, parallel = measure(cfg, seq_len, args.attention, args.steps, args.warmup)
-    row.update(command="python -m lighthouse.bench " + " ".join(sys.argv[1:]), date=time.strftime("%Y-%m-%d"),
-               torch=torch.__version__, config=args.config)
+    row.update(run_info(argv), config=args.config)  # launches add rows to one file: each row says where it came from
     if parallel.is_main:
         print(f"N={seq_len} cp={row['cp']} {row['attention']}: {row['step_s']:.3f} s/step "
               f"(min {row['min_s']:.3f}, max {row['max_s']:.3f}), {row['tok_s']:,.0f} tok/s, "
@@ -158,8 +153,7 @@ def main_cp(args) -> int:
             out = Path(args.out)
             rows = json.loads(out.read_text())["rows"] if out.is_file() else []
             rows.append(row)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+            write_result(out, {"rows": rows})
             print(format_table(rows))
     if parallel.distributed:
         dist.barrier()  # rank 0 has written the row; leaving together avoids a peer's abort on a closed link

@@ -10,37 +10,33 @@ parameters) on random tokens, B=1. One timed step is a whole training step: forw
 backward and an AdamW update (fused on CUDA), with fp32 weights under bf16 autocast. Both
 attention implementations run in the same process on the same model weights; Lighthouse uses
 `config.lighthouse` (default L=3, p=4, K=2048, dense_layers [0, -1]: the first and last layers
-stay dense, as in training). Reported: median step time (CUDA events, warm-up excluded; wall
-clock on CPU), tokens/s = B*N / step time, and on CUDA the peak allocated memory of one step.
+stay dense, as in training). Reported: median step time (timing.py: CUDA events, warm-up
+excluded; the host clock on CPU), tokens/s = B*N / step time, and on CUDA the peak allocated
+memory of one step.
 
 Legend: B batch, N sequence length, V vocabulary.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import sys
-
 import torch
 import torch.nn.functional as F
 
-from .tokenizer import BYTE_VOCAB
+from ..evals.common import autocast
+from ..tokenizer import BYTE_VOCAB, EOD_ID, PAD_ID, VOCAB_SIZE
+from .timing import peak_memory, run_info, timed_or_oom, write_result
 
 
 def _llama(args, attn_implementation: str, device):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    import lighthouse.hf
-
-    from .tokenizer import EOD_ID, PAD_ID, VOCAB_SIZE
+    from ..integrations import hf
 
     config = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=args.hidden, intermediate_size=args.ffn,
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
                          num_key_value_heads=args.kv_heads, max_position_embeddings=args.seq_len,
                          bos_token_id=EOD_ID, eos_token_id=EOD_ID, pad_token_id=PAD_ID, tie_word_embeddings=False)
-    lighthouse.hf.configure(config, levels=args.levels, pooling=args.pooling, topk=args.topk,
+    hf.configure(config, levels=args.levels, pooling=args.pooling, topk=args.topk,
                             dense_layers=[int(i) for i in args.dense_layers.split(",") if i.strip()], rope=args.rope)
     torch.manual_seed(0)  # the same initial weights for both implementations
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).to(device)
@@ -48,13 +44,11 @@ def _llama(args, attn_implementation: str, device):
 
 def _measure(args, impl: str, tokens_BN1: torch.Tensor, device, dtype) -> dict:
     """Timing (and peak memory on CUDA) of whole training steps with one attention implementation."""
-    from .bench import _timed_or_oom, peak_memory
-
     model = _llama(args, impl, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with autocast(device, None if dtype == torch.float32 else dtype):
             logits_BNV = model(input_ids=tokens_BN1[:, :-1], use_cache=False).logits
         loss = F.cross_entropy(logits_BNV.float().flatten(0, 1), tokens_BN1[:, 1:].flatten())
         loss.backward()
@@ -63,11 +57,13 @@ def _measure(args, impl: str, tokens_BN1: torch.Tensor, device, dtype) -> dict:
 
     row = {"attn_implementation": impl, "N": args.seq_len, "B": args.batch, "dtype": args.dtype,
            "device": str(device), "params": sum(p.numel() for p in model.parameters())}
-    row["step"] = _timed_or_oom(step, device, args.budget)
+    row["step"] = timed_or_oom(step, device, args.budget)
     if "median_ms" in row["step"]:
         row["tokens_per_s"] = args.batch * args.seq_len / (row["step"]["median_ms"] / 1e3)
         if device.type == "cuda":
-            row["peak_gib"] = peak_memory(step)
+            with peak_memory(device) as peak:
+                step()
+            row["peak_gib"] = peak.gib
     return row
 
 
@@ -113,10 +109,8 @@ def add_parser(sub) -> None:
     h.add_argument("--budget", type=float, default=20.0, help="seconds per timed entry (fewer repeats when slow)")
 
 
-def main_hf(args, argv=None) -> int:
+def main(args, argv=None) -> int:
     import transformers
-
-    from .bench import _versions
 
     rows = bench_hf(args)
     by_impl = {r["attn_implementation"]: r for r in rows}
@@ -125,10 +119,10 @@ def main_hf(args, argv=None) -> int:
         speedup = by_impl["lighthouse"]["tokens_per_s"] / by_impl["sdpa"]["tokens_per_s"]
         print(f"lighthouse / sdpa tokens/s: {speedup:.2f}x")
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "what")}
+    info = run_info(argv)
+    info["versions"]["transformers"] = transformers.__version__
     result = {
-        "command": "python -m lighthouse.bench " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "versions": {**_versions(), "transformers": transformers.__version__},
+        **info,
         "timing": "one training step = forward + backward + AdamW update (fp32 weights, autocast to --dtype), B*N "
                   "tokens of random ids; median of repeats (CUDA events on CUDA, wall clock on CPU), warm-up "
                   "excluded; peak = torch.cuda.max_memory_allocated during one step (CUDA only)",
@@ -136,8 +130,6 @@ def main_hf(args, argv=None) -> int:
         "rows": rows,
         "lighthouse_over_sdpa_tokens_per_s": speedup,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_result(args.out, result)
     print(f"wrote {args.out}")
     return 0

@@ -5,8 +5,8 @@
 
 One step = forward, backward and a fused AdamW update of the config's model (bf16 autocast,
 batch 1), on random tokens. Each (length, attention) pair is warmed up (Triton compilation,
-allocator growth) and then timed over several steps with a synchronised host clock; the
-median step time gives tokens/s. Dense and Lighthouse run in the same process on the same
+allocator growth) and then timed over several steps (CUDA events, timing.py); the median step
+time gives tokens/s. Dense and Lighthouse run in the same process on the same
 card, so their ratio is meaningful; the crossover is the shortest length where Lighthouse is
 faster. A pair that does not fit is retried with activation checkpointing (recorded), and
 one that still does not fit is reported as out of memory.
@@ -18,18 +18,18 @@ top-k budget is lowered to the largest multiple of 128 that fits, and the row sa
 from __future__ import annotations
 
 import dataclasses
-import json
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 
-from .config import TILE_WIDTH, LighthouseConfig
-from .eval_tasks import parse_lengths
-from .model import Transformer
-from .tokenizer import VOCAB_SIZE
+from ..config import TILE_WIDTH, LighthouseConfig
+from ..eval_tasks import parse_lengths
+from ..evals.common import autocast
+from ..model import Transformer
+from ..tokenizer import VOCAB_SIZE
+from .timing import peak_memory, run_info, summarize, time_runs, write_result
+
+CUDA = torch.device("cuda")
 
 
 def fitted_lighthouse(cfg: LighthouseConfig, seq_len: int) -> LighthouseConfig:
@@ -43,20 +43,16 @@ def fitted_lighthouse(cfg: LighthouseConfig, seq_len: int) -> LighthouseConfig:
 
 
 def time_steps(model, optimizer, tokens_BN1, steps: int, warmup: int) -> list[float]:
-    """Seconds of `steps` timed optimizer steps, after `warmup` untimed ones."""
-    times = []
-    for i in range(warmup + steps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    """Milliseconds of `steps` timed optimizer steps (timing.py), after `warmup` untimed ones."""
+
+    def step():
+        with autocast(CUDA, torch.bfloat16):
             loss = model(tokens_BN1[:, :-1], tokens_BN1[:, 1:])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+
+    return time_runs(step, CUDA, warmup=max(0, warmup - 1), reps=steps)  # the first call is one of the warm-up
 
 
 def measure(model_args, lighthouse: LighthouseConfig, kind: str, seq_len: int, steps: int, warmup: int) -> dict:
@@ -71,14 +67,12 @@ def measure(model_args, lighthouse: LighthouseConfig, kind: str, seq_len: int, s
             model.activation_checkpointing = recompute
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
             tokens = torch.randint(0, VOCAB_SIZE, (1, seq_len + 1), device="cuda")
-            torch.cuda.reset_peak_memory_stats()
-            times = time_steps(model, optimizer, tokens, steps, warmup)
-            step_s = statistics.median(times)
+            with peak_memory(CUDA) as peak:
+                timing = summarize(time_steps(model, optimizer, tokens, steps, warmup))
             if recompute:  # it fits only this way: say so instead of out of memory
                 row["note_memory"] = f"{row.pop('oom')}; fits with activation checkpointing"
-            row.update(step_ms=step_s * 1e3, min_ms=min(times) * 1e3, max_ms=max(times) * 1e3, steps=len(times),
-                       tok_s=seq_len / step_s, peak_gib=torch.cuda.max_memory_allocated() / 2**30,
-                       activation_checkpointing=recompute)
+            row.update(step_ms=timing["median_ms"], min_ms=timing["min_ms"], max_ms=timing["max_ms"], steps=timing["reps"],
+                       tok_s=seq_len / (timing["median_ms"] / 1e3), peak_gib=peak.gib, activation_checkpointing=recompute)
             return row
         except torch.OutOfMemoryError:
             row["oom"] = f"out of memory{' with activation checkpointing' if recompute else ''}"
@@ -142,8 +136,8 @@ def table(rows: list[dict], title: str) -> str:
     return "\n".join(lines)
 
 
-def main_train(args) -> int:
-    from .trainer.config import load_config
+def main(args, argv=None) -> int:
+    from ..trainer.config import load_config
 
     if not torch.cuda.is_available():
         print("the training benchmark needs a CUDA GPU", file=sys.stderr)
@@ -157,11 +151,7 @@ def main_train(args) -> int:
     text = table(rows, f"{cfg.name} on {torch.cuda.get_device_name()}")
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"config": args.config, "device": torch.cuda.get_device_name(),
-                                   "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
-                                   "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
+        write_result(args.out, {**run_info(argv), "config": args.config, "rows": rows})
     return 0
 
 
