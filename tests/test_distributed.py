@@ -44,6 +44,7 @@ from torch import nn
 from lighthouse.cli import main
 from lighthouse.distributed import lighthouse_attention_chunked_reference
 from lighthouse.model import Transformer
+from lighthouse.trainer.build import build_model
 from lighthouse.trainer.checkpoint import (
     Checkpointer,
     latest_checkpoint,
@@ -52,7 +53,7 @@ from lighthouse.trainer.checkpoint import (
     verify_checkpoint,
 )
 from lighthouse.trainer.config import ConfigError, load_config, resolve_parallel, to_toml
-from lighthouse.trainer.loop import build_model, train
+from lighthouse.trainer.loop import train
 from lighthouse.trainer.metrics import read_metrics
 from lighthouse.trainer.stepper import build_optimizer
 from test_trainer import _env, tiny_config

@@ -236,8 +236,8 @@ def test_gla_model_builds_on_meta_like_eager():
 def test_gla_ablation_config_loads():
     from pathlib import Path
 
+    from lighthouse.trainer.build import build_model
     from lighthouse.trainer.config import load_config
-    from lighthouse.trainer.loop import build_model
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / "ablations" / "scorer-gla.toml")
     assert cfg.lighthouse.scorer == "gla"

@@ -4,7 +4,7 @@
 (lighthouse/trainer/parallel.py) puts them together on every rank:
 
 1. Build the model on the meta device (no memory); with cp > 1 its attention modules are the
-   context-parallel ones (`parts.use_context_parallel`, through `Transformer.attention_builder`).
+   context-parallel ones (`parallelize.use_context_parallel`, through `Transformer.attention_builder`).
 2. `fully_shard` each block, then the root (embeddings, final norm, output head; tied
    embedding and output weights are one parameter of the root group). Parameters, gradients
    and optimizer state are sharded over the "dp" ranks; with cp > 1 over the flattened dp x cp

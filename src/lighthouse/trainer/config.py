@@ -9,6 +9,9 @@ relative to the including file). Overrides use dotted keys and TOML values:
     --set stages.0.steps=200      --set data.source=files --set 'data.paths=["a.txt"]'
 
 Every error names the key it is about (`ConfigError`).
+
+This module is a little over 500 lines on purpose: the sections, their loading and overrides,
+and the checks that name each key are one schema, read and changed together.
 """
 
 from __future__ import annotations

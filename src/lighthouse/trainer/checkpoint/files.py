@@ -1,11 +1,5 @@
-"""The files of a checkpoint: written atomically, sealed with checksums, verified, found, pruned.
-
-Layout of `runs/<name>/checkpoints/`:
-
-    step-00000100/model.safetensors   weights
-    step-00000100/state.pt            optimizer, scheduler, data, rng, progress, config
-    step-00000100/meta.json           step, and the size and SHA-256 of every file
-    latest                            the name of the newest complete checkpoint
+"""The files of a checkpoint (their layout: the package's docstring): written atomically, sealed
+with checksums, verified, found, pruned.
 
 A save (local.py, sharded.py) writes its files into a hidden temporary folder
 (`fresh_folder`), seals it (`seal_checkpoint`: fsync, meta.json), renames it into place in one
