@@ -36,6 +36,7 @@ import torch
 
 from ..distributed.mesh import join_parallel, launched_world_size
 from ..evals.bpb import evaluate
+from ..evals.leak import leak_meter, leak_spans
 from ..model import Transformer
 from .checkpoint import CHECKPOINT_DIR, Checkpointer, RunLock, rng_state, set_rng_state
 from .config import Config, ConfigError, from_dict, resolve_parallel, to_dict, to_toml
@@ -106,6 +107,13 @@ class Evaluator:
 
     def score(self) -> dict:
         return evaluate(self.forward, self.windows, self.micro_batch, self.device, self.amp_dtype)
+
+    def leak(self, positions: int) -> dict:
+        """The leak meter with the current attention on the first two validation windows."""
+        windows = self.windows[:2] if len(self.windows) >= 2 else self.windows.repeat(2, 1)
+        spans = leak_spans(self.model.lighthouse, windows.shape[1] - 1)
+        return leak_meter(self.forward, windows, spans, self.device, self.amp_dtype, micro_batch=self.micro_batch,
+                          positions=positions)
 
 
 @dataclass
@@ -240,16 +248,30 @@ class Trainer:
                 "tokens": self.step * self.cfg.tokens_per_step}
 
     def _evaluate(self, stage: int, stage_done: bool) -> None:
+        """Validation bpb with dense attention (what compares models), and in a Lighthouse stage also
+        with the stage's attention and, on cadence, the leak meter: diagnostics of the selection."""
         kind = self.cfg.stages[stage].attention
         ev = self.evaluator()
-        self.log.record({"kind": "eval", **self._record(stage), **ev, "time_s": self.time_s})
-        self.log.write(f"[{self.cfg.name}] step {self.step}: val bpb {ev['val_bpb']:.4f} ({kind})")
+        dense = ev if kind == "dense" else self.evaluator("dense")
+        self.log.record({"kind": "eval", **self._record(stage), **ev, "val_bpb_dense": dense["val_bpb"],
+                         "time_s": self.time_s})
+        if kind == "dense":
+            self.log.write(f"[{self.cfg.name}] step {self.step}: val bpb {ev['val_bpb']:.4f} (dense)")
+        else:
+            self.log.write(f"[{self.cfg.name}] step {self.step}: val bpb {dense['val_bpb']:.4f} (dense; "
+                           f"{ev['val_bpb']:.4f} with {kind} attention, a diagnostic)")
+        self._n_evals = getattr(self, "_n_evals", 0) + 1
+        leak_every = self.cfg.training.leak_every
+        if (kind == "lighthouse" and leak_every > 0 and not self.parallel.distributed
+                and (stage_done or self._n_evals % leak_every == 0)):
+            leak = self.evaluator.leak(self.cfg.training.leak_positions)
+            self.log.record({"kind": "leak", **self._record(stage), "time_s": self.time_s, "spans": leak["spans"]})
+            one = leak["spans"][0]
+            self.log.write(f"[{self.cfg.name}] step {self.step}: leak meter {one['mean_nats']:+.4f} ± {one['stderr']:.4f} "
+                           f"nats when the predicted byte is replaced ({kind}; 0 = reads no future)")
         if stage_done:
-            dense = ev if kind == "dense" else self.evaluator("dense")
             self.log.record({"kind": "stage_end", **self._record(stage), "time_s": self.time_s,
                              "val_bpb": ev["val_bpb"], "val_bpb_dense": dense["val_bpb"]})
-            if kind != "dense":
-                self.log.write(f"[{self.cfg.name}] step {self.step}: val bpb {dense['val_bpb']:.4f} (same weights, dense)")
 
     # -- signals --
     def _on_signal(self, signum, frame):

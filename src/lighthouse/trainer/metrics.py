@@ -5,7 +5,11 @@ Record kinds (field "kind"):
   train      step, stage, attention, tokens, loss (nats/token, mean since the previous record), lr,
              grad_norm, time_s, tok_per_s, and on CUDA peak_gib (rank 0's peak allocated memory
              since the previous record)
-  eval       step, stage, attention, tokens, val_bpb, val_loss, time_s
+  eval       step, stage, attention, tokens, val_bpb, val_loss (with the stage's attention),
+             val_bpb_dense (the same weights with dense attention everywhere: what compares
+             models; equal to val_bpb in a dense stage), time_s
+  leak       step, stage, attention, tokens, time_s, spans: the leak meter (lighthouse.evals.leak)
+             in a Lighthouse stage: [{span, mean_nats, stderr, mean_abs_nats, positions}, ...]
   stage_end  step, stage, attention, tokens, time_s, val_bpb (with the stage's attention),
              val_bpb_dense (with dense attention everywhere)
 
