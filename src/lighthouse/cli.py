@@ -86,7 +86,7 @@ def cmd_train(args) -> int:
     from .distributed.mesh import is_main_process, process_group_scope
     from .trainer.config import baseline_config, load_config
     from .trainer.loop import train
-    from .trainer.metrics import format_table
+    from .trainer.metrics import compare_runs, format_comparison, format_table
     from .trainer.plot import plot_runs
 
     overrides = list(args.overrides)
@@ -111,6 +111,9 @@ def cmd_train(args) -> int:
         return 0  # rank 0 prints the table and writes the plot
     print()
     print(format_table(rows))
+    if len(runs) == 2 and not args.baseline_only:
+        print()
+        print(format_comparison(compare_runs(runs[0].run_dir, runs[1].run_dir)))
     out = Path(args.plot) if args.plot else cfg.run_dir / "plot.png"
     plot_runs([r.run_dir for r in runs], out)
     print(f"\nplot: {out}")
