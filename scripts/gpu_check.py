@@ -67,7 +67,8 @@ def check_selection(name, q, k, v, cfg):
     if n_diff:
         # Same selection from the kernel's own scores?
         n_pad = cfg.padded_len(q.shape[2])
-        sq, sk, *_ = FP.norm_scores(q.detach(), k.detach(), v.detach(), cfg.levels, cfg.pooling, n_pad)
+        causal = cfg.selection == "causal"
+        sq, sk, *_ = FP.norm_scores(q.detach(), k.detach(), v.detach(), cfg.levels, cfg.pooling, n_pad, causal)
         H = q.shape[1]
         offs = [0]
         for lv in range(2, cfg.levels + 1):
@@ -77,7 +78,8 @@ def check_selection(name, q, k, v, cfg):
         own = R.select(split(sq), split(sk_h), cfg, n_pad).index_BHS
         info["same_as_reference_on_kernel_scores"] = bool(torch.equal(own, index.long()))
         sq_ref, _ = R.compute_scores(q, k, v, cfg, n_pad)
-        info["max_rel_score_diff"] = rel(torch.cat(R.max_pool_pyramid(sq_ref, cfg)[1:], -1), sq)
+        pyramid = R.causal_max_pool_pyramid if causal else R.max_pool_pyramid
+        info["max_rel_score_diff"] = rel(torch.cat(pyramid(sq_ref, cfg)[1:], -1), sq)
         ok = info["same_as_reference_on_kernel_scores"]
     else:
         ok = True
@@ -206,10 +208,12 @@ def check_compile(cfg, N=16384):
         y_e = block(x, cos, sin)
         gx_e, gw_e = torch.autograd.grad(y_e.float().square().mean(), (x, block.qkv.weight))
         errs = {"out": rel(y_c, y_e), "dx": rel(gx_c, gx_e), "dW": rel(gw_c, gw_e)}
-        record("torch.compile(fullgraph=True) block fwd+bwd vs eager", all(e < 2e-2 for e in errs.values()), **errs)
+        record(f"torch.compile(fullgraph=True) block fwd+bwd vs eager ({cfg.selection})",
+               all(e < 2e-2 for e in errs.values()), **errs)
     except Exception as e:
         traceback.print_exc()
-        record("torch.compile(fullgraph=True) block fwd+bwd vs eager", False, error=f"{type(e).__name__}: {str(e)[:300]}")
+        record(f"torch.compile(fullgraph=True) block fwd+bwd vs eager ({cfg.selection})", False,
+               error=f"{type(e).__name__}: {str(e)[:300]}")
 
 
 def main():
@@ -267,6 +271,19 @@ def main():
         del q, k, v, g
     # 6. torch.compile
     guarded(check_compile, LighthouseConfig(3, 4, 1024))
+    # 7. causal selection: plans identical to the reference's, values, at long and odd lengths
+    causal = LighthouseConfig(3, 4, 2048, selection="causal")
+    q, k, v, g = inputs(B, 8, 2, 131072 - 77, D, torch.bfloat16, 7)
+    guarded(check_selection, "causal: bf16 GQA N=128K-77 L=3 p=4 K=2048", q, k, v, causal)
+    cos, sin = rope_tables(131072, D, device="cuda")
+    guarded(check_values, "causal: bf16 GQA + window-end RoPE N=128K-77 vs fp32 reference", q, k, v, g, causal,
+            rope=(cos, sin), tol=1e-2)
+    del q, k, v, g
+    if not args.quick:
+        q, k, v, g = inputs(B, 8, 8, 524288, D, torch.bfloat16, 8)
+        guarded(check_selection, "causal: bf16 N=512K L=3 p=4 K=2048", q, k, v, causal)
+        del q, k, v, g
+    guarded(check_compile, LighthouseConfig(3, 4, 1024, selection="causal"))
 
     print("\n| check | result |\n|---|---|")
     for r in RESULTS:

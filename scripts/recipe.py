@@ -65,10 +65,11 @@ def plan(cfg, lr: float | None, extra: bool) -> dict[str, list[str]]:
 
 
 class Runner:
-    """Runs chains of `lighthouse` commands, one chain per device at a time, until a deadline.
+    """Runs chains of `lighthouse` commands, one chain per slot at a time, until a deadline.
 
-    A job is (name, [argv, ...]): its commands run one after another on the same device (an
-    arm's training, then its evaluations), so a device that finishes early starts the next job.
+    A slot is a device ("0", "1", ..., "cpu"); a device named twice runs two chains at once.
+    A job is (name, [argv, ...]): its commands run one after another in the same slot (an
+    arm's training, then its evaluations), so a slot that finishes early starts the next job.
     """
 
     def __init__(self, gpus: list[str], deadline: float, log_dir: Path):
@@ -86,15 +87,16 @@ class Runner:
     def run_all(self, jobs: list[tuple[str, list[list[str]]]]) -> bool:
         """Run the jobs; True when every command finished, False when one failed or the deadline stopped it."""
         pending = [(name, list(chain)) for name, chain in jobs if chain]
-        running: dict[str, tuple] = {}  # gpu -> (name, remaining commands, Popen, log)
+        running: dict[int, tuple] = {}  # slot -> (name, remaining commands, Popen, log)
         finished = True
         while pending or running:
-            for gpu in self.gpus:
-                if gpu not in running and pending:
+            for slot, gpu in enumerate(self.gpus):
+                if slot not in running and pending:
                     name, chain = pending.pop(0)
-                    running[gpu] = (name, chain[1:], *self._start(gpu, name, chain[0]))
+                    running[slot] = (name, chain[1:], *self._start(gpu, name, chain[0]))
             time.sleep(2)
-            for gpu, (name, rest, proc, log) in list(running.items()):
+            for slot, (name, rest, proc, log) in list(running.items()):
+                gpu = self.gpus[slot]
                 if proc.poll() is None and time.time() > self.deadline:
                     proc.terminate()  # SIGTERM: the trainer checkpoints and exits
                     try:
@@ -106,9 +108,9 @@ class Runner:
                 log.close()
                 ok = proc.returncode == 0
                 if ok and rest and time.time() < self.deadline:
-                    running[gpu] = (name, rest[1:], *self._start(gpu, name, rest[0]))
+                    running[slot] = (name, rest[1:], *self._start(gpu, name, rest[0]))
                     continue
-                del running[gpu]
+                del running[slot]
                 finished &= ok and not rest
                 print(f"[{time.strftime('%H:%M:%S')}] {name}: {'done' if ok and not rest else f'stopped (exit {proc.returncode})'}",
                       flush=True)
@@ -130,13 +132,15 @@ def final_bpb(run_dir: Path) -> float | None:
 
 def dense_curve(run_dir: Path) -> list[tuple[float, int, float]]:
     """(training seconds, step, validation bpb with dense attention) of every dense-evaluated point of a run."""
-    points = []
+    points = {}
     for r in read_metrics(run_dir):
-        if r.get("kind") == "eval" and r.get("attention") == "dense":
-            points.append((r["time_s"], r["step"], r["val_bpb"]))
+        if r.get("kind") == "eval" and "val_bpb_dense" in r:  # every evaluation has a dense score
+            points[r["step"]] = (r["time_s"], r["step"], r["val_bpb_dense"])
+        elif r.get("kind") == "eval" and r.get("attention") == "dense":  # runs from before that
+            points[r["step"]] = (r["time_s"], r["step"], r["val_bpb"])
         elif r.get("kind") == "stage_end" and r.get("attention") != "dense":
-            points.append((r["time_s"], r["step"], r["val_bpb_dense"]))
-    return sorted(points)
+            points[r["step"]] = (r["time_s"], r["step"], r["val_bpb_dense"])
+    return sorted(points.values())
 
 
 def first_reaching(run_dir: Path, target: float) -> dict | None:

@@ -107,6 +107,66 @@ def plain_select_row(sq_base, sk_base, n_pad, levels, pooling, topk):
     return sorted(kept, key=key)
 
 
+def plain_select_row_causal(sq_base, sk_base, n_pad, levels, pooling, topk):
+    """Causal selection of one row, walked entry by entry (docs/design.md, "Causal selection").
+
+    An entry's score is the max of the base scores in [c*i - c + 1, c*i]. Per tile and level,
+    candidates are visited in order: a candidate is selected when the places left are no more
+    than the candidates left (counting itself), else when fewer than W/2 were taken by s_q and
+    its s_q reaches tau_q, else when fewer than W/2 were taken by s_k and its s_k reaches tau_k.
+    tau_q, tau_k: the W/2-th largest s_q of the previous tile's candidates at this level, and the
+    W/2-th largest s_k of the rest of them (ties to the earlier candidate); -inf in tile 0.
+    """
+    L, p = levels, pooling
+    T = topk // W
+    n_coarse = n_pad // p ** (L - 1)
+    per_tile = n_coarse // T
+
+    def causal_score(scores, level, i):
+        c = p ** (level - 1)
+        return max(scores[max(0, c * i - c + 1) : c * i + 1])
+
+    previous = {}  # level -> (s_q list, s_k list) of the previous tile's candidates
+    kept = []
+    for tile in range(T):
+        cands = list(range(tile * per_tile, (tile + 1) * per_tile))
+        for level in range(L, 0, -1):
+            if level == 1:
+                kept += [(1, i, False) for i in cands]
+                break
+            sqs = [causal_score(sq_base, level, i) for i in cands]
+            sks = [causal_score(sk_base, level, i) for i in cands]
+            if level in previous:
+                psq, psk = previous[level]
+                by_q = sorted(range(len(psq)), key=lambda n: (-psq[n], n))
+                tau_q = psq[by_q[W // 2 - 1]]
+                taken = set(by_q[: W // 2])
+                tau_k = sorted((psk[n] for n in range(len(psk)) if n not in taken), reverse=True)[W // 2 - 1]
+            else:
+                tau_q = tau_k = -math.inf
+            previous[level] = (sqs, sks)
+            chosen, n_q, n_k = [], 0, 0
+            for n in range(len(cands)):
+                if W - len(chosen) >= len(cands) - n:
+                    chosen.append(n)
+                elif n_q < W // 2 and sqs[n] >= tau_q:
+                    n_q += 1
+                    chosen.append(n)
+                elif n_k < W // 2 and sks[n] >= tau_k:
+                    n_k += 1
+                    chosen.append(n)
+            assert len(chosen) == W
+            kept += [(level, cands[n], n in set(chosen)) for n in range(len(cands))]
+            cands = [cands[n] * p + j for n in chosen for j in range(p)]
+
+    def key(entry):
+        level, i, selected = entry
+        c = p ** (level - 1)
+        return Fraction(c * (i + 1)) - Fraction(1, 2 ** (level - 1)) if selected else Fraction(c * i)
+
+    return sorted(kept, key=key)
+
+
 def pyramid_index(level, i, n_pad, pooling):
     return sum(n_pad // pooling ** (lv - 1) for lv in range(1, level)) + i
 
@@ -120,7 +180,8 @@ def rotate(x, pos, theta=10000.0):
     return x * ang.cos() + torch.cat([-x2, x1]) * ang.sin()
 
 
-def plain_lighthouse(q, k, v, levels, pooling, topk, scorer="norm", dilation=4, rope_theta=None, log_gates=None):
+def plain_lighthouse(q, k, v, levels, pooling, topk, scorer="norm", dilation=4, rope_theta=None, log_gates=None,
+                     selection="topk"):
     """Returns (output [B, H, N, D] float64, kept entries per (b, h) in order).
 
     q, k, v: float64 tensors (may require grad). rope_theta: None for pre-pool inputs, else
@@ -154,7 +215,8 @@ def plain_lighthouse(q, k, v, levels, pooling, topk, scorer="norm", dilation=4, 
             else:
                 sq_row = sq[b][h] + [pad_score] * (n_pad - N)
                 sk_row = sk[b][g if len(sk[b]) == G else h] + [pad_score] * (n_pad - N)
-                kept = plain_select_row(sq_row, sk_row, n_pad, L, p, topk)
+                select_row = plain_select_row_causal if selection == "causal" else plain_select_row
+                kept = select_row(sq_row, sk_row, n_pad, L, p, topk)
             kept_all[(b, h)] = kept
             S = len(kept)
             A = torch.zeros(S, n_pad, dtype=torch.float64)  # mean pooling of each kept entry

@@ -187,3 +187,65 @@ def test_cli_eval_passkey(tiny_run, tmp_path, capsys):
     assert "Lighthouse minimum" in capsys.readouterr().err
     assert main(args[:5] + ["--attention", "lighthouse", "--lengths", "256", "--depths", "0.5", "--trials", "1"]) == 0
     assert main(args[:5] + ["--depths", "2"]) == 2
+
+
+# ---- the leak meter --------------------------------------------------------------------------------
+def test_leak_meter_reads_exactly_zero_for_dense_and_causal_selection():
+    from lighthouse import LighthouseConfig
+    from lighthouse.evals.leak import leak_meter, leak_spans
+
+    windows = torch.randint(0, 256, (3, 1025))
+    for selection, kind in (("topk", "dense"), ("causal", "lighthouse"), ("topk", "lighthouse")):
+        lh = LighthouseConfig(levels=3, pooling=2, topk=128, selection=selection)
+        torch.manual_seed(0)
+        model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, dense_layers=[]), lh)
+        model.set_attention(kind)
+        result = leak_meter(model, windows, leak_spans(lh, 1024), "cpu", micro_batch=3, positions=6)
+        assert [r["span"] for r in result["spans"]] == [1, 2, 4, 1024 // 1 - 1]  # the tile (1024) clipped to N - 1
+        assert all(r["positions"] == 3 * 6 for r in result["spans"])
+        reads = max(r["mean_abs_nats"] for r in result["spans"])
+        if kind == "dense" or selection == "causal":
+            assert reads == 0.0, f"{kind}/{selection} read its future: {result}"
+        else:  # top-k selection: the bytes after t move the loss at t, even at initialization
+            assert reads > 0.0
+
+
+def test_leak_meter_sees_a_model_that_reads_the_answer():
+    from lighthouse.evals.leak import leak_meter
+
+    def cheat(idx_BN):  # predicts the byte at t + 1 by looking at it
+        logits_BNV = torch.zeros(*idx_BN.shape, VOCAB)
+        logits_BNV[:, :-1].scatter_(-1, idx_BN[:, 1:, None], 20.0)
+        return logits_BNV
+
+    windows = torch.randint(0, 256, (2, 65))
+    result = leak_meter(cheat, windows, [1, 4], "cpu", micro_batch=2, positions=8)
+    for r in result["spans"]:
+        assert r["mean_nats"] > 10.0 and r["stderr"] < r["mean_nats"]
+
+
+def test_cli_eval_leak(tiny_run, tmp_path, capsys):
+    args = ["eval", "--checkpoint", str(tiny_run), "--task", "leak", "--positions", "4", "--out", str(tmp_path)]
+    assert main(args + ["--attention", "dense"]) == 0
+    assert "leak meter" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "leak.json").read_text())
+    assert saved["attention"] == "dense" and [r["span"] for r in saved["spans"]] == [1, 2, 255]  # a tile, clipped
+    for r in saved["spans"]:
+        assert set(r) >= {"span", "mean_nats", "stderr", "positions"} and r["mean_nats"] == 0.0 and r["positions"] == 12
+    assert (tmp_path / "leak.png").read_bytes()[:8] == PNG_MAGIC
+    assert main(args + ["--attention", "lighthouse", "--set", "lighthouse.selection=causal"]) == 0
+    saved = json.loads((tmp_path / "leak.json").read_text())
+    assert saved["selection"] == "causal" and all(r["mean_abs_nats"] == 0.0 for r in saved["spans"])
+    assert main(args[:5] + ["--positions", "0"]) == 2
+
+
+def test_trainer_records_dense_evals_and_the_leak_meter(tiny_run):
+    from lighthouse.trainer.metrics import read_metrics
+
+    records = read_metrics(tiny_run)
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["attention"] for r in evals] == ["lighthouse", "dense"]
+    assert all("val_bpb_dense" in r for r in evals) and evals[1]["val_bpb_dense"] == evals[1]["val_bpb"]
+    leaks = [r for r in records if r["kind"] == "leak"]
+    assert [r["step"] for r in leaks] == [2]  # the Lighthouse stage's end
+    assert [s["span"] for s in leaks[0]["spans"]] == [1, 2, 255] and leaks[0]["spans"][0]["positions"] == 8

@@ -440,3 +440,19 @@ def test_export_of_a_gla_model_leaves_the_gates_out():
     assert not any("wg" in k for k in names) and "model.layers.2.self_attn.q_proj.weight" in names
     assert lighthouse_settings(model) is None
 
+
+
+def test_causal_selection_model_reads_no_future():
+    """With selection="causal" the logits at <= t do not change when later tokens do; with top-k they do."""
+    n, t = 1024, 300  # two tiles of 256 coarse entries: top-k has choices to make
+    ids = tokens(B=1, n=n)
+    later = ids.clone()
+    later[0, t + 1 :] = torch.randint(0, 256, (n - t - 1,), generator=torch.Generator().manual_seed(1))
+    changed = {}
+    for selection in ("causal", "topk"):
+        model = build(tiny_config(selection=selection, dense_layers=[], topk=256))
+        with torch.no_grad():
+            a = model(input_ids=ids, use_cache=False).logits
+            b = model(input_ids=later, use_cache=False).logits
+        changed[selection] = not torch.equal(a[:, : t + 1], b[:, : t + 1])
+    assert changed == {"causal": False, "topk": True}

@@ -277,3 +277,112 @@ def test_context_parallel_chunks_on_the_kernels(R_, L, p, H, G, rope):
     g = randn(*out.shape, gen=gen)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         assert rel(a, b) < 1e-5, f"seed {seed}"
+
+
+# ---------------------------------------------------------------------------------------
+# Causal selection on the kernels: the same plans and outputs as the reference
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("N,L,p,K,H,G", GRID + [(3001, 2, 4, 384, 4, 2)])
+def test_causal_selection_identical(N, L, p, K, H, G):
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(L, p, K, selection="causal")
+    q, k, v = rand_qkv(2, H, G, N, 8, gen=gen)
+    q.data[:, :, : N // 3] *= 4.0  # a loud first third: later tiles' thresholds miss, forced fills happen
+    plan, _ = FP.fast_selection(q, k, v, cfg)
+    assert torch.equal(plan.index_BHS.long(), R.compute_selection(q, k, v, cfg).index_BHS), f"seed {seed}"
+    check_plan(plan, cfg, cfg.padded_len(N))
+
+
+def test_causal_scores_match_reference():
+    gen, seed = fresh_generator()
+    N, L, p = 1100, 3, 2
+    cfg = LighthouseConfig(L, p, 128, selection="causal")
+    n_pad = cfg.padded_len(N)
+    q, k, v = rand_qkv(1, 2, 1, N, 8, gen=gen)
+    sq, sk, *_ = FP.norm_scores(q.detach(), k.detach(), v.detach(), L, p, n_pad, True)
+    sq_ref, sk_ref = R.compute_scores(q, k, v, cfg, n_pad)
+    torch.testing.assert_close(sq, torch.cat(R.causal_max_pool_pyramid(sq_ref, cfg)[1:], -1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(sk, torch.cat(R.causal_max_pool_pyramid(sk_ref[:, :1], cfg)[1:], -1), rtol=1e-6, atol=0)
+
+
+def test_causal_ties_go_to_the_lower_index():
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(3, 2, 256, selection="causal")
+    N, D = 2048, 8
+    hot = lambda h: torch.nn.functional.one_hot(torch.randint(0, D, (1, h, N), generator=gen), D).float()  # noqa: E731
+    scale = lambda h: torch.randint(1, 3, (1, h, N, 1), generator=gen).float()  # noqa: E731
+    q, k, v = ((hot(2) * scale(2)).to(DEVICE), (hot(1) * scale(1)).to(DEVICE), randn(1, 1, N, D, gen=gen))
+    plan, _ = FP.fast_selection(q, k, v, cfg)
+    assert torch.equal(plan.index_BHS.long(), R.compute_selection(q, k, v, cfg).index_BHS), f"seed {seed}"
+
+
+@pytest.mark.parametrize("N,L,p,K,H,G,rope,scorer", [
+    (1537, 3, 2, 256, 2, 2, False, "norm"),
+    (1001, 3, 2, 128, 4, 2, True, "norm"),
+    (1030, 2, 2, 256, 2, 1, False, "dilated"),
+])
+def test_causal_forward_backward(N, L, p, K, H, G, rope, scorer):
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(L, p, K, scorer=scorer, selection="causal")
+    q, k, v = rand_qkv(1, H, G, N, 8, gen=gen)
+    tables = rope_tables(N, 8, device=DEVICE) if rope else None
+    out = lighthouse_attention(q, k, v, cfg, rope=tables, backend="triton")
+    assert torch.isfinite(out).all(), "an output element was not written"
+    ref = R.lighthouse_reference(q, k, v, cfg, rope=tables)
+    assert rel(out, ref) < 1e-5, f"seed {seed}"
+    g = randn(*out.shape, gen=gen)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        assert rel(a, b) < 1e-5, f"seed {seed}"
+
+
+def test_causal_compile_fullgraph_and_long_coarse_span(monkeypatch):
+    from lighthouse.kernels import scores as KS
+
+    torch._dynamo.reset()
+    gen, seed = fresh_generator()
+    q, k, v = rand_qkv(1, 2, 1, 1040, 8, gen=gen)
+
+    def layer(q, k, v):
+        return lighthouse_attention(q, k, v, levels=2, pooling=2, topk=256, selection="causal", backend="triton",
+                                    check_finite=False) * 2.0
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out, ref = compiled(q, k, v), layer(q, k, v)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    g = randn(*out.shape, gen=gen)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(KS, "INTERPRET_ROWS", 4)  # coarsest span 8 > 4 rows per program
+    cfg = LighthouseConfig(4, 2, 128, selection="causal")
+    q, k, v = rand_qkv(1, 2, 2, 1030, 8, gen=gen)
+    plan, _ = FP.fast_selection(q, k, v, cfg)
+    assert torch.equal(plan.index_BHS.long(), R.compute_selection(q, k, v, cfg).index_BHS), f"seed {seed}"
+
+
+def test_causal_context_parallel_chunks_on_the_kernels():
+    from lighthouse.distributed import lighthouse_attention_chunked_reference as chunked
+
+    gen, seed = fresh_generator()
+    R_, L, p = 2, 2, 2
+    N = 2 * R_ * p ** (L - 1) * 256
+    q, k, v = rand_qkv(1, 2, 1, N, 8, gen=gen)
+    tables = rope_tables(N, 8, device=DEVICE)
+    cfg = dict(levels=L, pooling=p, topk=2 * R_ * 256, selection="causal")
+    out = chunked(q, k, v, LighthouseConfig(**cfg, backend="triton"), R_, rope=tables)
+    ref = chunked(q, k, v, LighthouseConfig(**cfg, backend="reference"), R_, rope=tables)
+    assert rel(out, ref) < 1e-5, f"seed {seed}"
+
+
+def test_causal_fast_path_is_bitwise_causal():
+    """On the kernels too: inputs after t change, outputs at <= t do not (float32)."""
+    gen, seed = fresh_generator()
+    cfg = LighthouseConfig(3, 2, 256, selection="causal")
+    N = 1545
+    q, k, v = (x.detach() for x in rand_qkv(1, 2, 1, N, 8, gen=gen))
+    base = lighthouse_attention(q, k, v, cfg, backend="triton")
+    for t in (700, 1100):
+        q2, k2, v2 = q.clone(), k.clone(), v.clone()
+        for x in (q2, k2, v2):
+            x[:, :, t + 1 :] = randn(*x[:, :, t + 1 :].shape, gen=gen) * 3.0
+        out = lighthouse_attention(q2, k2, v2, cfg, backend="triton")
+        assert torch.equal(out[:, :, : t + 1], base[:, :, : t + 1]), f"seed {seed}, t {t}"

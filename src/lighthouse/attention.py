@@ -116,6 +116,7 @@ def lighthouse_attention(
     topk: int | None = None,
     scorer=None,
     backend: str | None = None,
+    selection: str | None = None,
     rope=None,
     scorer_context=None,
     check_finite: bool | None = None,
@@ -123,7 +124,7 @@ def lighthouse_attention(
     """Causal Lighthouse attention; a drop-in for `F.scaled_dot_product_attention(q, k, v, is_causal=True)`.
 
     The settings come from `config` (a `LighthouseConfig`; its defaults when omitted), and any
-    of `levels`, `pooling`, `topk`, `scorer`, `backend` given as keywords replace its values.
+    of `levels`, `pooling`, `topk`, `scorer`, `backend`, `selection` given as keywords replace its values.
 
     Args:
         q: [B, H, N, D] queries. k, v: [B, G, N, D] keys and values, H % G == 0 (GQA).
@@ -133,6 +134,8 @@ def lighthouse_attention(
         topk: K, a positive multiple of 128. Needs N >= K * p**(L-1).
         scorer: "norm", "dilated", or a `lighthouse.scorers.Scorer` instance.
         backend: "auto" (CUDA -> Triton fast path, CPU -> reference), "reference" or "triton".
+        selection: "topk" (the paper's; which entries a position sees depends on the norms of
+            later tokens in its tile) or "causal" (the output at t never depends on inputs after t).
         rope: None when q and k are already rotated ("pre-pool" placement), or a (cos, sin)
             pair of tables [N_table >= N, D] in the rotate_half convention; q and k then arrive
             un-rotated and every gathered entry is rotated at the last position it covers
@@ -145,7 +148,9 @@ def lighthouse_attention(
     inputs are right-padded to the next multiple, run, and the output cropped: padding never
     changes which real entries are selected nor the outputs of real positions.
     """
-    cfg = LighthouseConfig.resolve(config, levels=levels, pooling=pooling, topk=topk, scorer=scorer, backend=backend)
+    cfg = LighthouseConfig.resolve(
+        config, levels=levels, pooling=pooling, topk=topk, scorer=scorer, backend=backend, selection=selection
+    )
     q, k, v = _autocast_inputs(q, k, v)
     if check_finite is None:
         check_finite = isinstance(q, torch.Tensor) and not q.is_cuda

@@ -3,7 +3,7 @@
     lighthouse train --config configs/demo.toml --baseline   # two stages + dense baseline, table, plot
     lighthouse train --config configs/demo.toml --resume     # continue after a kill
     lighthouse eval --checkpoint runs/demo --attention dense # validation bits-per-byte
-    lighthouse eval --checkpoint runs/demo --task passkey --lengths 1K,4K --out evals/  # also: --task position
+    lighthouse eval --checkpoint runs/demo --task passkey --lengths 1K,4K --out evals/  # also: --task position, leak
     lighthouse plot runs/demo runs/demo-baseline -o plot.png
     lighthouse export runs/demo hf/demo                      # a Hugging Face Llama folder (needs .[hf])
     lighthouse sample --checkpoint runs/demo --prompt "def " # text, dense attention with a KV cache
@@ -47,16 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--attention", choices=("auto", "dense", "lighthouse"), default="auto",
                    help="attention of the non-dense layers (auto: that of the checkpoint's stage)")
     e.add_argument("--windows", type=int, help="validation windows to score (default: the run's data.val_windows)")
-    e.add_argument("--task", choices=("bpb", "position", "passkey"), default="bpb",
+    e.add_argument("--task", choices=("bpb", "position", "passkey", "leak"), default="bpb",
                    help="bpb: validation bits-per-byte (default); position: bpb by position in the window; "
-                        "passkey: pass key retrieval accuracy by length and depth")
+                        "passkey: pass key retrieval accuracy by length and depth; leak: how much the loss at t "
+                        "depends on the bytes after t (0 for dense attention and causal selection)")
     e.add_argument("--lengths",
                    help="passkey: prompt lengths in bytes, e.g. 1024,4096 or 1K,4K (default: data.seq_len)")
     e.add_argument("--depths",
                    help="passkey: where the key is hidden, fractions of the filler (default: 0,0.25,0.5,0.75,1)")
     e.add_argument("--trials", type=int, default=5, help="passkey: prompts per length and depth (default: 5)")
     e.add_argument("--seed", type=int, default=0, help="passkey: seed of the pass keys (default: 0)")
-    e.add_argument("--out", metavar="DIR", help="position/passkey: write <task>.json and <task>.png into DIR")
+    e.add_argument("--positions", type=int, default=16, help="leak: positions t per window (default: 16)")
+    e.add_argument("--out", metavar="DIR", help="position/passkey/leak: write <task>.json and <task>.png into DIR")
     _add_common(e)
 
     p = sub.add_parser("plot", help="plot loss vs tokens and vs wall-clock for runs")
@@ -84,7 +86,7 @@ def cmd_train(args) -> int:
     from .distributed.mesh import is_main_process, process_group_scope
     from .trainer.config import baseline_config, load_config
     from .trainer.loop import train
-    from .trainer.metrics import format_table
+    from .trainer.metrics import compare_runs, format_comparison, format_table
     from .trainer.plot import plot_runs
 
     overrides = list(args.overrides)
@@ -109,6 +111,9 @@ def cmd_train(args) -> int:
         return 0  # rank 0 prints the table and writes the plot
     print()
     print(format_table(rows))
+    if len(runs) == 2 and not args.baseline_only:
+        print()
+        print(format_comparison(compare_runs(runs[0].run_dir, runs[1].run_dir)))
     out = Path(args.plot) if args.plot else cfg.run_dir / "plot.png"
     plot_runs([r.run_dir for r in runs], out)
     print(f"\nplot: {out}")
@@ -139,7 +144,7 @@ def cmd_eval(args) -> int:
         run_task(
             args.task, model, cfg, device, autocast_dtype(cfg, device), attention=kind,
             title=f"{ckpt}: step {step}, attention {kind}", lengths=args.lengths, depths=args.depths,
-            trials=args.trials, seed=args.seed, out=args.out,
+            trials=args.trials, seed=args.seed, out=args.out, positions=args.positions,
         )
         return 0
     windows = ByteData(cfg.data, cfg.training.seed).val_windows()

@@ -11,11 +11,17 @@ W = 128 tile width, T = K / W tiles, S sub-sequence length.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .scorers import Scorer, get_scorer
 
 BACKENDS = ("auto", "reference", "triton")
+# "topk": the paper's selection (spec §2): each tile refines its top entries, so the norms of
+# later tokens decide what earlier positions see. "causal": an entry is refined or not from
+# what is known at its first position (docs/design.md, "Causal selection"), so the output at t
+# never depends on inputs after t.
+SELECTIONS = ("topk", "causal")
 TILE_WIDTH = 128  # W: entries selected per tile and level (64 by query score, 64 by key score)
 HALF_TILE = TILE_WIDTH // 2
 
@@ -25,7 +31,7 @@ def _is_power_of_two(x: int) -> bool:
 
 
 class LighthouseConfigError(ValueError):
-    """A bad Lighthouse setting; `key` names it (levels, pooling, topk, scorer, backend)."""
+    """A bad Lighthouse setting; `key` names it (levels, pooling, topk, scorer, backend, selection)."""
 
     def __init__(self, key: str, message: str):
         super().__init__(message)
@@ -46,6 +52,7 @@ class LighthouseConfig:
              into K/128 tiles that each select 128 entries per level.
     scorer:  name of a registered scorer ("norm", "dilated") or a Scorer instance.
     backend: "auto" (CUDA -> Triton fast path, CPU -> PyTorch reference), "reference", "triton".
+    selection: "topk" (the paper's, the default) or "causal" (nothing at t depends on later tokens).
     """
 
     levels: int = 3
@@ -53,6 +60,7 @@ class LighthouseConfig:
     topk: int = 2048
     scorer: str | Scorer = "norm"
     backend: str = "auto"
+    selection: str = "topk"
 
     def __post_init__(self) -> None:
         for name in ("levels", "pooling", "topk"):
@@ -73,6 +81,8 @@ class LighthouseConfig:
             )
         if self.backend not in BACKENDS:
             raise LighthouseConfigError("backend", f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.selection not in SELECTIONS:
+            raise LighthouseConfigError("selection", f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         # Resolve the scorer name early so that a typo fails here, not mid-forward.
         try:
             get_scorer(self.scorer)
@@ -83,18 +93,17 @@ class LighthouseConfig:
 
     @classmethod
     def resolve(
-        cls, config: LighthouseConfig | None = None, *, levels=None, pooling=None, topk=None, scorer=None, backend=None
+        cls, config: LighthouseConfig | None = None, *, levels=None, pooling=None, topk=None, scorer=None, backend=None,
+        selection=None,
     ) -> LighthouseConfig:
         """`config` (or the defaults) with the settings given here (not None) replaced."""
         if config is None:
             config = _DEFAULTS
         elif not isinstance(config, cls):
             raise TypeError(f"config must be a LighthouseConfig, got {type(config).__name__}")
-        if levels is pooling is topk is scorer is backend is None:
-            return config
-        pick = lambda new, old: old if new is None else new  # noqa: E731
-        return cls(pick(levels, config.levels), pick(pooling, config.pooling), pick(topk, config.topk),
-                   pick(scorer, config.scorer), pick(backend, config.backend))
+        given = {"levels": levels, "pooling": pooling, "topk": topk, "scorer": scorer, "backend": backend, "selection": selection}
+        given = {key: value for key, value in given.items() if value is not None}
+        return dataclasses.replace(config, **given) if given else config
 
     # ---- derived sizes -------------------------------------------------------------
     @property
@@ -156,8 +165,14 @@ class LighthouseConfig:
             return n
         return n // self.coarsest_factor + (self.levels - 1) * self.pooling * self.topk
 
+    @property
+    def is_causal(self) -> bool:
+        """Whether the output at t is independent of every input after t (always, for dense)."""
+        return self.is_dense or self.selection == "causal"
+
     def describe(self, seq_len: int | None = None) -> str:
-        text = f"Lighthouse(L={self.levels}, p={self.pooling}, K={self.topk}, scorer={self.scorer_name})"
+        text = f"Lighthouse(L={self.levels}, p={self.pooling}, K={self.topk}, scorer={self.scorer_name}"
+        text += ", selection=causal)" if self.selection == "causal" else ")"
         if self.is_dense:
             return text + ": dense causal attention"
         text += f": {self.num_tiles} tiles, N must be >= {self.min_seq_len}, padded to a multiple of {self.length_multiple}"

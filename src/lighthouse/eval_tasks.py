@@ -1,4 +1,4 @@
-"""`lighthouse eval --task position|passkey`: the command-line glue that runs one evaluation of
+"""`lighthouse eval --task position|passkey|leak`: the command-line glue that runs one evaluation of
 `lighthouse.evals` on a loaded checkpoint.
 
 Prints a table, and with an output folder writes `<task>.json` (the results) and `<task>.png`.
@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .evals.leak import format_leak_table, leak_meter, leak_spans, plot_leak
 from .evals.passkey import DEFAULT_DEPTHS, format_passkey_table, min_prompt_length, passkey_eval, plot_passkey_heatmap
 from .evals.position import format_position_table, plot_position_bpb, pooled_bpb, position_bpb
 from .trainer.config import ConfigError
 
-TASKS = ("bpb", "position", "passkey")
+TASKS = ("bpb", "position", "passkey", "leak")
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -45,9 +46,9 @@ def parse_depths(text: str) -> list[float]:
 
 def run_task(
     task: str, model, cfg, device, amp_dtype, *, attention: str, title: str, lengths: str | None = None,
-    depths: str | None = None, trials: int = 5, seed: int = 0, out: str | None = None, echo=print,
+    depths: str | None = None, trials: int = 5, seed: int = 0, out: str | None = None, echo=print, positions: int = 16,
 ) -> dict:
-    """Run `task` ("position" or "passkey") on `model` for the run config `cfg`; returns the results.
+    """Run `task` ("position", "passkey" or "leak") on `model` for the run config `cfg`; returns the results.
 
     attention: the attention kind the model runs with (Lighthouse layers need prompts of at
     least lighthouse.min_seq_len). title: a line naming the checkpoint, printed first.
@@ -76,6 +77,20 @@ def run_task(
         result = {"task": task, "trials": trials, "seed": seed, "results": cells}
         echo(f"{title}: passkey retrieval accuracy, {trials} trials per cell (seed {seed})")
         echo(format_passkey_table(cells))
+    elif task == "leak":
+        from .trainer.data import ByteData
+
+        if positions < 1:
+            raise ConfigError(f"--positions must be >= 1, got {positions}")
+        windows = ByteData(cfg.data, cfg.training.seed).val_windows()
+        if len(windows) < 2:
+            raise ConfigError("--task leak needs at least 2 validation windows (--windows 2 or more)")
+        spans = leak_spans(cfg.lighthouse, cfg.data.seq_len)
+        selection = cfg.lighthouse.selection if attention == "lighthouse" else "-"
+        echo(f"{title}: leak meter, {len(windows)} windows of {cfg.data.seq_len}, {positions} positions each")
+        result = {"task": task, "attention": attention, "selection": selection,
+                  **leak_meter(model, windows, spans, device, amp_dtype, micro_batch=cfg.micro_batch, positions=positions)}
+        echo(format_leak_table(result))
     else:
         raise ConfigError(f"--task must be one of {TASKS[1:]} here, got {task!r}")
     if out:
@@ -84,6 +99,8 @@ def run_task(
         (folder / f"{task}.json").write_text(json.dumps({"title": title, **result}, indent=1) + "\n", encoding="utf-8")
         if task == "position":
             plot_position_bpb(result["buckets"], folder / "position.png", title=title)
+        elif task == "leak":
+            plot_leak(result, folder / "leak.png", title=title)
         else:
             plot_passkey_heatmap(result["results"], folder / "passkey.png", title=title)
         echo(f"wrote {folder / f'{task}.json'} and {folder / f'{task}.png'}")

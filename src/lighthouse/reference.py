@@ -4,8 +4,10 @@ This is the implementation the GPU kernels are tested against. Data flow (spec s
 
   q_BHND, k_BGND, v_BGND
     -> scores          s_q_BHN, s_k_BXN            (scorer, §1/§7, no grad)
-    -> score pyramid   max-pool per level          (§1)
-    -> selection       index_BHS, causal order     (§2 tiles coarse-to-fine, §3 order; no grad)
+    -> score pyramid   max-pool per level          (§1; causal selection: windows that end at
+                                                    each entry's first position)
+    -> selection       index_BHS, causal order     (§2 tiles coarse-to-fine, §3 order; no grad;
+                                                    "topk" or "causal", docs/design.md)
     -> gather          mean-pooled q/k/v at index  (§1 symmetric pooling, §4b window-end RoPE)
     -> causal SDPA     on the S-long sub-sequence  (§4)
     -> scatter back    summed, shifted by c-1      (§5)
@@ -71,6 +73,22 @@ def max_pool_pyramid(s_BXN: torch.Tensor, cfg: LighthouseConfig) -> list[torch.T
     return [s_BXN.view(B, X, N // c, c).amax(dim=-1) for c in level_factors(cfg)]
 
 
+def causal_max_pool_pyramid(s_BXN: torch.Tensor, cfg: LighthouseConfig) -> list[torch.Tensor]:
+    """Per-level scores for causal selection: level l entry i is the max of base scores in
+    [c*i - c + 1, c*i] (clipped at 0).
+
+    The window of `max_pool_pyramid` moved c - 1 positions earlier, so that it ends at the
+    entry's first position: whether an entry is refined is then known before any output that
+    its refinement changes (its first base token writes at c*i).
+    """
+    B, X, N = s_BXN.shape
+    levels = []
+    for c in level_factors(cfg):
+        shifted_BXN = F.pad(s_BXN, (c - 1, 0), value=float("-inf"))[..., :N]
+        levels.append(shifted_BXN.view(B, X, N // c, c).amax(dim=-1))
+    return levels
+
+
 def mean_pool_pyramid(x_BXND: torch.Tensor, cfg: LighthouseConfig) -> torch.Tensor:
     """The concatenated pyramid [B, X, P, D] of mean-pooled vectors (pooled in float32)."""
     B, X, N, D = x_BXND.shape
@@ -114,6 +132,41 @@ def _pick_tile(sq_BHTM: torch.Tensor, sk_BHTM: torch.Tensor) -> torch.Tensor:
     return selected.scatter(-1, by_q, True).scatter(-1, by_k, True)
 
 
+def _previous_tile_thresholds(sq_BHTM: torch.Tensor, sk_BHTM: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Thresholds for causal selection: what top-k picked in the tile before, at this level.
+
+    tau_q of tile t is the (W/2)-th largest s_q among tile t-1's candidates, tau_k the (W/2)-th
+    largest s_k among the rest of them (the paper's two picks, read as thresholds). Tile 0 has
+    no past: -inf, so it refines its first candidates. Returns two [B, H, T, 1] tensors.
+    """
+    by_q = torch.sort(sq_BHTM, dim=-1, descending=True, stable=True)
+    tau_q = by_q.values[..., HALF_TILE - 1 : HALF_TILE]
+    sk_rest = sk_BHTM.scatter(-1, by_q.indices[..., :HALF_TILE], float("-inf"))
+    tau_k = torch.sort(sk_rest, dim=-1, descending=True).values[..., HALF_TILE - 1 : HALF_TILE]
+    no_past = torch.full_like(tau_q[:, :, :1], float("-inf"))
+    return torch.cat([no_past, tau_q[:, :, :-1]], dim=2), torch.cat([no_past, tau_k[:, :, :-1]], dim=2)
+
+
+def _pick_tile_causal(sq_BHTM, sk_BHTM, tau_q_BHT1, tau_k_BHT1) -> torch.Tensor:
+    """Causal selection within each tile: W entries, each decided from candidates before it.
+
+    Walking the candidates in order (they are in sequence order): the first W/2 with
+    s_q >= tau_q are selected, then, of the others, the first W/2 with s_k >= tau_k; once the
+    candidates left are no more than the places left, every one is selected, so a tile always
+    selects exactly W (S stays fixed). Running counts are prefix sums. Returns a bool mask.
+    """
+    M = sq_BHTM.shape[-1]
+    q_pass = sq_BHTM >= tau_q_BHT1
+    by_q = q_pass & (q_pass.cumsum(-1) <= HALF_TILE)
+    k_pass = ~by_q & (sk_BHTM >= tau_k_BHT1)
+    by_k = k_pass & (k_pass.cumsum(-1) <= HALF_TILE)
+    picked = by_q | by_k
+    picked_before = picked.cumsum(-1) - picked.long()
+    left_including = M - torch.arange(M, device=sq_BHTM.device)
+    forced = (2 * HALF_TILE - picked_before) >= left_including
+    return picked | forced
+
+
 def _sort_keys(level: int, i: torch.Tensor, selected: torch.Tensor, cfg: LighthouseConfig) -> torch.Tensor:
     """Integer sort keys of spec §3, scaled by 2^(L-1) so they are exact.
 
@@ -129,10 +182,12 @@ def _sort_keys(level: int, i: torch.Tensor, selected: torch.Tensor, cfg: Lightho
 
 @torch.no_grad()
 def select(sq_levels: list[torch.Tensor], sk_levels: list[torch.Tensor], cfg: LighthouseConfig, seq_len: int) -> Selection:
-    """Tiled hierarchical selection.
+    """Tiled hierarchical selection ("topk": spec §2; "causal": docs/design.md).
 
     sq_levels[l-1]: [B, H, N_l] query scores; sk_levels[l-1]: [B, H, N_l] key scores
-    (already broadcast to query heads). Returns pyramid indices in causal order.
+    (already broadcast to query heads; for causal selection, from `causal_max_pool_pyramid`).
+    Returns pyramid indices in causal order. Both modes select W entries per tile and level,
+    so S is the same.
     """
     L, p, T = cfg.levels, cfg.pooling, cfg.num_tiles
     B, H, n_coarse = sq_levels[-1].shape
@@ -147,7 +202,10 @@ def select(sq_levels: list[torch.Tensor], sk_levels: list[torch.Tensor], cfg: Li
         else:
             sq = sq_levels[level - 1].gather(-1, cand_BHTM.reshape(B, H, -1)).view(cand_BHTM.shape)
             sk = sk_levels[level - 1].gather(-1, cand_BHTM.reshape(B, H, -1)).view(cand_BHTM.shape)
-            selected = _pick_tile(sq, sk)
+            if cfg.selection == "causal":
+                selected = _pick_tile_causal(sq, sk, *_previous_tile_thresholds(sq, sk))
+            else:
+                selected = _pick_tile(sq, sk)
         keys.append(_sort_keys(level, cand_BHTM, selected, cfg))
         indices.append(cand_BHTM + cfg.level_offset(seq_len, level))
         if level > 1:
@@ -186,7 +244,8 @@ def compute_selection(q_BHND, k_BGND, v_BGND, cfg: LighthouseConfig, context=Non
     """Scores -> pyramid of scores -> selection, for the padded length of q's N."""
     n_pad = cfg.padded_len(q_BHND.shape[2])
     sq_BHN, sk_BHN = compute_scores(q_BHND, k_BGND, v_BGND, cfg, n_pad, context)
-    return select(max_pool_pyramid(sq_BHN, cfg), max_pool_pyramid(sk_BHN, cfg), cfg, n_pad)
+    pyramid = causal_max_pool_pyramid if cfg.selection == "causal" else max_pool_pyramid
+    return select(pyramid(sq_BHN, cfg), pyramid(sk_BHN, cfg), cfg, n_pad)
 
 
 # ---------------------------------------------------------------------------------------

@@ -87,11 +87,17 @@ def bench_attention(lengths, configs, B=1, H=8, G=8, D=128, dtype=torch.bfloat16
             kw = dict(levels=L, pooling=p, topk=K)
             row["fast"] = _measure(lambda a, b, c: lighthouse_attention(a, b, c, backend="triton", **kw), q, k, v, g,
                                    budget_s)
+            # Causal selection (selection="causal"): the same path with another pick.
+            row["causal"] = _measure(lambda a, b, c: lighthouse_attention(a, b, c, backend="triton", selection="causal", **kw),
+                                     q, k, v, g, budget_s)
             n_pad = cfg.padded_len(N)
             with torch.no_grad():
                 sq, sk, *_ = FP.norm_scores(q, k, v, L, p, n_pad)
                 row["scores"] = time_fn(lambda: FP.norm_scores(q, k, v, L, p, n_pad), CUDA, budget_s=budget_s)
                 row["selection"] = time_fn(lambda: FP.select(sq, sk, L, p, K, n_pad), CUDA, budget_s=budget_s)
+                csq, csk, *_ = FP.norm_scores(q, k, v, L, p, n_pad, True)
+                row["scores_causal"] = time_fn(lambda: FP.norm_scores(q, k, v, L, p, n_pad, True), CUDA, budget_s=budget_s)
+                row["selection_causal"] = time_fn(lambda: FP.select(csq, csk, L, p, K, n_pad, True), CUDA, budget_s=budget_s)
             if S not in floor_cache:
                 qs, ks, vs, gs = _inputs(B, H, G, S, D, dtype, seed=1)
                 floor_cache[S] = _measure(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True),
@@ -136,13 +142,16 @@ def _format_row(row) -> str:
             f"dense fwd {f(df)} fb {f(dfb)} | ref fb {ref} | fast fwd {f(ff)} fb {f(ffb)} "
             f"scores {f(row['scores']['median_ms'])} select {f(row['selection']['median_ms'])} | floor fb {f(flfb)} | "
             f"dense/fast fb {ratio(dfb, ffb)} fwd {ratio(df, ff)} | fast/floor {ratio(ffb, flfb)} | "
-            f"peak GiB dense {f(d.get('peak_gib') if d else None)} fast {f(fa.get('peak_gib') if fa else None)}")
+            f"peak GiB dense {f(d.get('peak_gib') if d else None)} fast {f(fa.get('peak_gib') if fa else None)} | "
+            f"causal fb {f(_ms(row.get('causal'), 'fwd_bwd'))} = {ratio(_ms(row.get('causal'), 'fwd_bwd'), ffb)} top-k, "
+            f"dense/causal {ratio(dfb, _ms(row.get('causal'), 'fwd_bwd'))}")
 
 
 def print_table(rows, out=sys.stdout) -> None:
     """Markdown table: latencies in ms (median), ratios, peak GiB of forward+backward."""
     cols = ["L,p,K", "N", "S", "dense fwd", "dense fwd+bwd", "reference fwd+bwd", "fast fwd", "fast fwd+bwd",
-            "scores pass", "select", "floor fwd+bwd", "dense/fast fwd+bwd", "dense/fast fwd", "fast/floor", "peak GiB dense/ref/fast"]
+            "scores pass", "select", "floor fwd+bwd", "dense/fast fwd+bwd", "dense/fast fwd", "fast/floor", "peak GiB dense/ref/fast",
+            "causal fwd+bwd", "causal select", "causal/top-k fwd+bwd", "dense/causal fwd+bwd"]
     print("| " + " | ".join(cols) + " |", file=out)
     print("|" + "|".join(["---"] * len(cols)) + "|", file=out)
     fmt = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
@@ -162,6 +171,9 @@ def print_table(rows, out=sys.stdout) -> None:
             fmt(_ms(fl, "fwd_bwd")),
             ratio(_ms(d, "fwd_bwd"), _ms(fa, "fwd_bwd")), ratio(_ms(d, "fwd"), _ms(fa, "fwd")),
             ratio(_ms(fa, "fwd_bwd"), _ms(fl, "fwd_bwd")), f"{peak(d)} / {peak(r)} / {peak(fa)}",
+            fmt(_ms(row.get("causal"), "fwd_bwd")),
+            fmt(row["selection_causal"]["median_ms"]) if "selection_causal" in row else "–",
+            ratio(_ms(row.get("causal"), "fwd_bwd"), _ms(fa, "fwd_bwd")), ratio(_ms(d, "fwd_bwd"), _ms(row.get("causal"), "fwd_bwd")),
         ]
         print("| " + " | ".join(cells) + " |", file=out)
 

@@ -42,6 +42,7 @@ q_BHND, k_BGND, v_BGND are the local shard (N there is 2C); the reference takes 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -188,9 +189,7 @@ def chunk_config(cfg: LighthouseConfig, cp_degree: int) -> LighthouseConfig:
             f"R={cp_degree}: each of the 2R chunks selects with budget topk/(2R), a multiple of 128; "
             f"try topk={max(step, round(cfg.topk / step) * step)}"
         )
-    return LighthouseConfig(
-        levels=cfg.levels, pooling=cfg.pooling, topk=cfg.topk // (2 * cp_degree), scorer=cfg.scorer, backend=cfg.backend
-    )
+    return dataclasses.replace(cfg, topk=cfg.topk // (2 * cp_degree))
 
 
 def check_context_parallel(cfg: LighthouseConfig, seq_len: int, cp_degree: int) -> LighthouseConfig | None:

@@ -1,7 +1,8 @@
 """What every evaluation needs: autocast by dtype, eval mode, and the one window -> nats core.
 
-The core, shared by bits-per-byte (bpb.py), bits-per-byte by position (position.py) and the
-trainer's sharded evaluator (trainer/parallel.py):
+The core, shared by bits-per-byte (bpb.py), bits-per-byte by position (position.py), the leak
+meter (leak.py: `target_nats` of perturbed copies) and the trainer's sharded evaluator
+(trainer/parallel.py):
 
     windows [W, N + 1] --window_batches--> inputs x_BN, next-token targets y_BN (on the device)
             --target_nats--> cross-entropy of every target (nats_BN, float32) and is_byte_BN

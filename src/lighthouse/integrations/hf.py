@@ -20,7 +20,8 @@ attention and otherwise a `DeferredMask` that only a dense path ever turns into 
 Settings live on the model config as a plain dict, `config.lighthouse` (saved and loaded with
 it); every key is optional:
 
-    levels, pooling, topk, scorer, backend   LighthouseConfig's defaults: 3, 4, 2048, "norm", "auto"
+    levels, pooling, topk, scorer, backend, selection
+                     LighthouseConfig's defaults: 3, 4, 2048, "norm", "auto", "topk"
     dense_layers     [0, -1]     layers that always run dense SDPA (negative: from the end), as in
                                  `lighthouse train`: the first and last layers see every token
     rope             "pre-pool"  transformers rotates q and k before the attention call, so pooled
@@ -83,7 +84,7 @@ SHORT_SEQUENCES = ("dense", "error")
 DEFAULT_DENSE_LAYERS = (0, -1)
 # RoPE types whose tables are a fixed inv_freq with no attention scaling: rotations, so they can be undone.
 WINDOW_END_ROPE_TYPES = ("default", "linear", "llama3")
-SETTING_KEYS = ("levels", "pooling", "topk", "scorer", "backend", "dense_layers", "rope", "short_sequences")
+SETTING_KEYS = ("levels", "pooling", "topk", "scorer", "backend", "selection", "dense_layers", "rope", "short_sequences")
 
 
 class UnsupportedInputError(ValueError):
@@ -123,7 +124,8 @@ def _parse_settings(raw: dict, n_layers: int) -> HFSettings:
         raise _error("scorer", f"must be a registered scorer name (a string, saved in config.json), got {raw['scorer']!r}",
                      type_error=True)
     try:
-        attention = LighthouseConfig.resolve(None, **{k: raw.get(k) for k in ("levels", "pooling", "topk", "scorer", "backend")})
+        fields = ("levels", "pooling", "topk", "scorer", "backend", "selection")
+        attention = LighthouseConfig.resolve(None, **{k: raw.get(k) for k in fields})
     except LighthouseConfigError as e:
         raise _error(e.key, str(e), isinstance(e, TypeError)) from None
     dense_layers = raw.get("dense_layers", list(DEFAULT_DENSE_LAYERS))
@@ -168,7 +170,7 @@ def _settings(raw, n_layers) -> HFSettings:
 def configure(config, **settings) -> dict:
     """Validate `settings` and merge them into `config.lighthouse` (a model's config when given a model).
 
-    Keys: levels, pooling, topk, scorer, backend, dense_layers, rope, short_sequences (see the
+    Keys: levels, pooling, topk, scorer, backend, selection, dense_layers, rope, short_sequences (see the
     module docstring for the defaults). Returns the stored dict. A bad value raises
     `LighthouseConfigError` naming `config.lighthouse[key]`.
     """

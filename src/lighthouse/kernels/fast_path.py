@@ -41,10 +41,13 @@ def _sizes(levels: int, pooling: int, topk: int, n_pad: int):
 # Scores (no grad)
 # ---------------------------------------------------------------------------------------
 @torch.library.custom_op("lighthouse::norm_scores", mutates_args=())
-def norm_scores(q: Tensor, k: Tensor, v: Tensor, levels: int, pooling: int, n_pad: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """`norm` scores of levels 2..L ([B,H,Q], [B,G,Q] float32) and the coarsest means of q, k, v."""
-    sq, pq, _, fused = _scores.norm_score_pyramid(q, None, levels, pooling, n_pad)
-    sk, pk, pv, _ = _scores.norm_score_pyramid(k, v, levels, pooling, n_pad)
+def norm_scores(
+    q: Tensor, k: Tensor, v: Tensor, levels: int, pooling: int, n_pad: int, causal: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`norm` scores of levels 2..L ([B,H,Q], [B,G,Q] float32; the causal pyramid when `causal`)
+    and the coarsest means of q, k, v."""
+    sq, pq, _, fused = _scores.norm_score_pyramid(q, None, levels, pooling, n_pad, causal)
+    sk, pk, pv, _ = _scores.norm_score_pyramid(k, v, levels, pooling, n_pad, causal)
     if not fused:
         pq = _gather.pool_coarse(q, levels, pooling, n_pad)
         pk = _gather.pool_coarse(k, levels, pooling, n_pad)
@@ -53,7 +56,7 @@ def norm_scores(q: Tensor, k: Tensor, v: Tensor, levels: int, pooling: int, n_pa
 
 
 @norm_scores.register_fake
-def _(q, k, v, levels, pooling, n_pad):
+def _(q, k, v, levels, pooling, n_pad, causal=False):
     B, H, _, D = q.shape
     G = k.shape[1]
     n_coarse = n_pad // pooling ** (levels - 1)
@@ -83,13 +86,15 @@ def _(q, k, v, levels, pooling, n_pad):
 # Selection (no grad)
 # ---------------------------------------------------------------------------------------
 @torch.library.custom_op("lighthouse::select", mutates_args=())
-def select(sq: Tensor, sk: Tensor, levels: int, pooling: int, topk: int, n_pad: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def select(
+    sq: Tensor, sk: Tensor, levels: int, pooling: int, topk: int, n_pad: int, causal: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(index_BHS, slot_BHP, cand_BHLK, cpos_BHLK), int32; see kernels/selection.py."""
-    return _selection.select(sq, sk, levels, pooling, topk, n_pad)
+    return _selection.select(sq, sk, levels, pooling, topk, n_pad, causal)
 
 
 @select.register_fake
-def _(sq, sk, levels, pooling, topk, n_pad):
+def _(sq, sk, levels, pooling, topk, n_pad, causal=False):
     B, H, _ = sq.shape
     _, P, S = _sizes(levels, pooling, topk, n_pad)
     lists = sq.new_empty((B, H, levels - 1, pooling * topk), dtype=torch.int32)
@@ -206,17 +211,19 @@ scatter.register_autograd(_scatter_bwd, setup_context=_scatter_setup)
 def fast_selection(q_BHND, k_BGND, v_BGND, cfg: LighthouseConfig, scorer_context=None):
     """Scores, selection and the pooled coarsest level, no grad: (Selection, (pq, pk, pv))."""
     L, p, K = cfg.levels, cfg.pooling, cfg.topk
+    causal = cfg.selection == "causal"
     n_pad = cfg.padded_len(q_BHND.shape[2])
     q, k, v = q_BHND.detach(), k_BGND.detach(), v_BGND.detach()
     if is_norm_scorer(cfg.scorer):  # fused into the scores kernel; any other scorer is scored in PyTorch
-        sq, sk, pq, pk, pv = norm_scores(q, k, v, L, p, n_pad)
+        sq, sk, pq, pk, pv = norm_scores(q, k, v, L, p, n_pad, causal)
     else:
+        pyramid = _scores.causal_score_pyramid_from_base if causal else _scores.score_pyramid_from_base
         with torch.no_grad():
             sq_BHN, sk_BHN = reference.compute_scores(q, k, v, cfg, n_pad, scorer_context)
-            sq = _scores.score_pyramid_from_base(sq_BHN, L, p)
-            sk = _scores.score_pyramid_from_base(sk_BHN, L, p)
+            sq = pyramid(sq_BHN, L, p)
+            sk = pyramid(sk_BHN, L, p)
         pq, pk, pv = pool_coarse(q, k, v, L, p, n_pad)
-    index, slot, cand, cpos = select(sq, sk, L, p, K, n_pad)
+    index, slot, cand, cpos = select(sq, sk, L, p, K, n_pad, causal)
     return reference.Selection(index, n_pad, slot, cand, cpos), (pq, pk, pv)
 
 

@@ -33,7 +33,7 @@ INTERPRET_ROWS = 256  # under the interpreter (fewer, larger programs)
 def _norm_pool_kernel(
     x_ptr, sxb, sxh, sxn, sxd,
     y_ptr, syb, syh, syn, syd,
-    s_ptr, px_ptr, py_ptr,
+    s_ptr, px_ptr, py_ptr, base_ptr,
     X, N_real, N_pad, Q_len, N_coarse, D,
     PAD: tl.constexpr,
     L_FIT: tl.constexpr,
@@ -45,6 +45,7 @@ def _norm_pool_kernel(
     HAS_Y: tl.constexpr,
     OUT: tl.constexpr,
     ACC: tl.constexpr,
+    STORE_BASE: tl.constexpr,
 ):
     """A program takes E groups of SPAN consecutive base rows, loaded as one [E, SPAN, D] tile.
 
@@ -69,6 +70,8 @@ def _norm_pool_kernel(
     xf = x.to(tl.float32)
     nrm = tl.sqrt_rn(tl.sum(xf * xf, axis=2))  # [E, SPAN]
     nrm = tl.where(tmask, nrm, PAD)
+    if STORE_BASE:  # the base scores themselves (causal selection pools them over other windows)
+        tl.store(base_ptr + bx.to(tl.int64) * N_pad + t, nrm, mask=t < N_pad)
 
     # Max-pool level by level (level l = max over p entries of level l-1) inside each group.
     cur = nrm
@@ -108,11 +111,14 @@ def _finish_levels(s_BXQ: torch.Tensor, n_pad: int, levels: int, pooling: int, l
         s_BXQ[:, :, offs[lv - 1] - n_pad : offs[lv] - n_pad] = prev.view(B, X, n // pooling, pooling).amax(-1)
 
 
-def norm_score_pyramid(x_BXND: torch.Tensor, y_BXND: torch.Tensor | None, levels: int, pooling: int, n_pad: int):
+def norm_score_pyramid(x_BXND: torch.Tensor, y_BXND: torch.Tensor | None, levels: int, pooling: int, n_pad: int,
+                       causal: bool = False):
     """Scores of levels 2..L of ||x|| ([B, X, Q] float32) and the coarsest means of x and y.
 
     Returns (s_BXQ, px_BXnD, py_BXnD or None, fused) where `fused` says whether the means were
     computed here (False when a coarsest span is longer than one block: the caller pools them).
+    With `causal`, s_BXQ is the causal score pyramid (`causal_score_pyramid_from_base` of the
+    base norms, which the kernel then writes instead of finishing the max-pooled levels).
     """
     B, X, N, D = x_BXND.shape
     rows = max(block(ROWS, INTERPRET_ROWS), pooling)
@@ -125,25 +131,41 @@ def norm_score_pyramid(x_BXND: torch.Tensor, y_BXND: torch.Tensor | None, levels
     groups = rows // span
     n_coarse = n_pad // c_top
     q_len = score_pyramid_len(n_pad, levels, pooling)
-    s = torch.empty((B, X, q_len), dtype=torch.float32, device=x_BXND.device)
+    s = None if causal else torch.empty((B, X, q_len), dtype=torch.float32, device=x_BXND.device)
     px = torch.empty((B, X, n_coarse, D), dtype=x_BXND.dtype, device=x_BXND.device) if pool_means else None
     py = torch.empty((B, X, n_coarse, D), dtype=x_BXND.dtype, device=x_BXND.device) if (pool_means and y_BXND is not None) else None
+    base = torch.empty((B, X, n_pad), dtype=torch.float32, device=x_BXND.device) if causal else None
+    s_or_base = base if causal else s
     block_d = next_pow2(D)
     y = y_BXND if y_BXND is not None else x_BXND
     grid = (triton.cdiv(n_pad, rows), B * X)
     _norm_pool_kernel[grid](
         x_BXND, *x_BXND.stride(),
         y, *y.stride(),
-        s, px if px is not None else s, py if py is not None else s,
+        s_or_base, s_or_base if px is None else px, s_or_base if py is None else py, s_or_base,
         X, N, n_pad, q_len, n_coarse, D,
-        PAD=PAD_SCORE, L_FIT=l_fit, POOL=pooling, E=groups, SPAN=span, BLOCK_D=block_d,
+        PAD=PAD_SCORE, L_FIT=1 if causal else l_fit, POOL=pooling, E=groups, SPAN=span, BLOCK_D=block_d,
         POOL_MEANS=pool_means, HAS_Y=y_BXND is not None and pool_means,
-        OUT=tl_dtype(x_BXND.dtype), ACC=acc_dtype(x_BXND.dtype),
+        OUT=tl_dtype(x_BXND.dtype), ACC=acc_dtype(x_BXND.dtype), STORE_BASE=causal,
         num_warps=4 if rows * block_d <= 8192 else 8,
     )
+    if causal:
+        return causal_score_pyramid_from_base(base, levels, pooling), px, py, pool_means
     if l_fit < levels:
         _finish_levels(s, n_pad, levels, pooling, l_fit)
     return s, px, py, pool_means
+
+
+def causal_score_pyramid_from_base(s_BXN: torch.Tensor, levels: int, pooling: int) -> torch.Tensor:
+    """Levels 2..L of the causal score pyramid, concatenated [B, X, Q]: level l entry i is the
+    max of the padded base scores in [c*i - c + 1, c*i] (`reference.causal_max_pool_pyramid`)."""
+    B, X, N = s_BXN.shape
+    out = []
+    for lv in range(2, levels + 1):
+        c = pooling ** (lv - 1)
+        shifted = torch.nn.functional.pad(s_BXN, (c - 1, 0), value=float("-inf"))[..., :N]
+        out.append(shifted.view(B, X, N // c, c).amax(-1))
+    return torch.cat(out, dim=-1).contiguous()
 
 
 def score_pyramid_from_base(s_BXN: torch.Tensor, levels: int, pooling: int) -> torch.Tensor:

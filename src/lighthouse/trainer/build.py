@@ -2,7 +2,8 @@
 
 - `resolve_device`, `autocast_dtype`: the device and the autocast dtype of a config.
 - `build_model`: the model of a config (built on meta, materialized on the device).
-- `Evaluator`: validation bits-per-byte with the model's current attention or another.
+- `Evaluator`: validation bits-per-byte with the model's current attention or another, and
+  the leak meter.
 - `load_trained`: a run folder or checkpoint folder -> the model with its weights, its config,
   the step, and the attention its last step trained with (`lighthouse eval`, `lighthouse
   sample`, `lighthouse export`).
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..evals.bpb import evaluate
+from ..evals.leak import leak_meter, leak_spans
 from ..model import Transformer
 from .checkpoint import load_state, load_weights, resolve_checkpoint
 from .config import Config, ConfigError, config_from_dict
@@ -69,6 +71,13 @@ class Evaluator:
 
     def score(self) -> dict:
         return evaluate(self.forward, self.windows, self.micro_batch, self.device, self.amp_dtype)
+
+    def leak(self, positions: int) -> dict:
+        """The leak meter with the current attention on the first two validation windows."""
+        windows = self.windows[:2] if len(self.windows) >= 2 else self.windows.repeat(2, 1)
+        spans = leak_spans(self.model.lighthouse, windows.shape[1] - 1)
+        return leak_meter(self.forward, windows, spans, self.device, self.amp_dtype, micro_batch=self.micro_batch,
+                          positions=positions)
 
 
 @dataclass

@@ -87,6 +87,10 @@ class TrainingConfig:
     threads: int = 0  # torch CPU threads; 0: torch's default
     log_every: int = 10  # steps between metrics lines (the only places the loss is read back from the GPU)
     eval_every: int = 50  # steps between validation evaluations (and at each stage end); 0: stage ends only
+    # The leak meter (lighthouse.evals.leak) at every leak_every-th evaluation of a Lighthouse stage
+    # and at its end, on 2 validation windows x leak_positions positions; 0: off. One process only.
+    leak_every: int = 2
+    leak_positions: int = 4
     checkpoint_every: int = 50  # steps between checkpoints (and at each stage end); 0: stage ends only
     keep_checkpoints: int = 2  # how many recent checkpoints to keep (a damaged newest one falls back to an older)
     progress: bool = True  # show a progress bar

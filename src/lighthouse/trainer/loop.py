@@ -183,16 +183,30 @@ class Trainer:
                 "tokens": self.step * self.cfg.tokens_per_step}
 
     def _evaluate(self, stage: int, stage_done: bool) -> None:
+        """Validation bpb with dense attention (what compares models), and in a Lighthouse stage also
+        with the stage's attention and, on cadence, the leak meter: diagnostics of the selection."""
         kind = self.cfg.stages[stage].attention
         ev = self.evaluator()
-        self.log.record({"kind": "eval", **self._record(stage), **ev, "time_s": self.time_s})
-        self.log.write(f"[{self.cfg.name}] step {self.step}: val bpb {ev['val_bpb']:.4f} ({kind})")
+        dense = ev if kind == "dense" else self.evaluator("dense")
+        self.log.record({"kind": "eval", **self._record(stage), **ev, "val_bpb_dense": dense["val_bpb"],
+                         "time_s": self.time_s})
+        if kind == "dense":
+            self.log.write(f"[{self.cfg.name}] step {self.step}: val bpb {ev['val_bpb']:.4f} (dense)")
+        else:
+            self.log.write(f"[{self.cfg.name}] step {self.step}: val bpb {dense['val_bpb']:.4f} (dense; "
+                           f"{ev['val_bpb']:.4f} with {kind} attention, a diagnostic)")
+        self._n_evals = getattr(self, "_n_evals", 0) + 1
+        leak_every = self.cfg.training.leak_every
+        if (kind == "lighthouse" and leak_every > 0 and not self.parallel.distributed
+                and (stage_done or self._n_evals % leak_every == 0)):
+            leak = self.evaluator.leak(self.cfg.training.leak_positions)
+            self.log.record({"kind": "leak", **self._record(stage), "time_s": self.time_s, "spans": leak["spans"]})
+            one = leak["spans"][0]
+            self.log.write(f"[{self.cfg.name}] step {self.step}: leak meter {one['mean_nats']:+.4f} ± {one['stderr']:.4f} "
+                           f"nats when the predicted byte is replaced ({kind}; 0 = reads no future)")
         if stage_done:
-            dense = ev if kind == "dense" else self.evaluator("dense")
             self.log.record({"kind": "stage_end", **self._record(stage), "time_s": self.time_s,
                              "val_bpb": ev["val_bpb"], "val_bpb_dense": dense["val_bpb"]})
-            if kind != "dense":
-                self.log.write(f"[{self.cfg.name}] step {self.step}: val bpb {dense['val_bpb']:.4f} (same weights, dense)")
 
     # -- signals --
     def _on_signal(self, signum, frame):

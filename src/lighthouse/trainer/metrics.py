@@ -5,7 +5,11 @@ Record kinds (field "kind"):
   train      step, stage, attention, tokens, loss (nats/token, mean since the previous record), lr,
              grad_norm, time_s, tok_per_s, and on CUDA peak_gib (rank 0's peak allocated memory
              since the previous record)
-  eval       step, stage, attention, tokens, val_bpb, val_loss, time_s
+  eval       step, stage, attention, tokens, val_bpb, val_loss (with the stage's attention),
+             val_bpb_dense (the same weights with dense attention everywhere: what compares
+             models; equal to val_bpb in a dense stage), time_s
+  leak       step, stage, attention, tokens, time_s, spans: the leak meter (lighthouse.evals.leak)
+             in a Lighthouse stage: [{span, mean_nats, stderr, mean_abs_nats, positions}, ...]
   stage_end  step, stage, attention, tokens, time_s, val_bpb (with the stage's attention),
              val_bpb_dense (with dense attention everywhere)
 
@@ -83,13 +87,17 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
 
 
 def stage_rows(run_dir: str | Path) -> list[dict]:
-    """One row per finished stage: name, stage, attention, steps, tokens, time, bpb."""
+    """One row per finished stage: name, stage, attention, steps, tokens, time, bpb (dense and with
+    the stage's own attention), and the leak meter at the stage's end (span 1) when it ran."""
     run_dir = Path(run_dir)
     rows, prev = [], {"step": 0, "tokens": 0, "time_s": 0.0}
     step_rates: list[float] = []  # per-step tok/s of the current stage
+    leaks: dict[int, dict] = {}
     for r in read_metrics(run_dir):
         if r.get("kind") == "train":
             step_rates.append(r["tok_per_s"])
+        if r.get("kind") == "leak":
+            leaks[r["step"]] = r["spans"][0]
         if r.get("kind") != "stage_end":
             continue
         rows.append(
@@ -103,12 +111,79 @@ def stage_rows(run_dir: str | Path) -> list[dict]:
                 "total_time_s": r["time_s"],
                 "val_bpb": r.get("val_bpb"),
                 "val_bpb_dense": r.get("val_bpb_dense"),
+                "leak_nats": leaks[r["step"]]["mean_nats"] if r["step"] in leaks else None,
                 # The median step ignores one-time costs (kernel compilation on the first step).
                 "step_rates": step_rates,
             }
         )
         prev, step_rates = r, []
     return rows
+
+
+def dense_bpb_curve(run_dir: str | Path) -> list[tuple[int, int, float, float]]:
+    """(step, tokens, training seconds, validation bpb with dense attention) at every evaluation."""
+    points = {}
+    for r in read_metrics(run_dir):
+        if r.get("kind") == "eval":
+            bpb = r.get("val_bpb_dense", r["val_bpb"] if r.get("attention") == "dense" else None)
+            if bpb is not None:
+                points[r["step"]] = (r["step"], r["tokens"], r["time_s"], bpb)
+        elif r.get("kind") == "stage_end" and r.get("val_bpb_dense") is not None:
+            points[r["step"]] = (r["step"], r["tokens"], r["time_s"], r["val_bpb_dense"])
+    return [points[k] for k in sorted(points)]
+
+
+def _at(curve: list[tuple[int, int, float, float]], x: float, index: int) -> float | None:
+    """The curve's bpb at x (tokens: index 1, seconds: index 2), linear between evaluations; None outside."""
+    for a, b in zip(curve, curve[1:]):
+        if a[index] <= x <= b[index]:
+            w = 0.0 if b[index] == a[index] else (x - a[index]) / (b[index] - a[index])
+            return a[3] + w * (b[3] - a[3])
+    return curve[-1][3] if curve and x == curve[-1][index] else None
+
+
+def compare_runs(recipe_dir: str | Path, baseline_dir: str | Path) -> dict:
+    """The recipe against its dense baseline, with dense-evaluated bpb only: at equal tokens, at the
+    recipe's training wall-clock, and the Lighthouse stage's speed against the dense stage's."""
+    rows, base_rows = stage_rows(recipe_dir), stage_rows(baseline_dir)
+    if not rows or not base_rows:
+        return {}
+    curve, base_curve = dense_bpb_curve(recipe_dir), dense_bpb_curve(baseline_dir)
+    time_s, tokens = rows[-1]["total_time_s"], sum(r["tokens"] for r in rows)
+    median = lambda r: statistics.median(r["step_rates"][1:] or r["step_rates"]) if r["step_rates"] else None  # noqa: E731
+    lh = [median(r) for r in rows if r["attention"] == "lighthouse"]
+    dense = [median(r) for r in rows + base_rows if r["attention"] == "dense"]
+    return {
+        "recipe": Path(recipe_dir).name, "baseline": Path(baseline_dir).name,
+        "tokens": tokens, "recipe_time_s": time_s, "baseline_time_s": base_rows[-1]["total_time_s"],
+        "recipe_bpb": curve[-1][3] if curve else None,
+        "baseline_bpb_equal_tokens": _at(base_curve, tokens, 1),
+        "baseline_bpb_equal_time": _at(base_curve, time_s, 2),
+        "lighthouse_tok_s": lh[0] if lh else None, "dense_tok_s": dense[0] if dense else None,
+        "leak_nats": next((r["leak_nats"] for r in rows if r.get("leak_nats") is not None), None),
+    }
+
+
+def format_comparison(c: dict) -> str:
+    """What the two-stage recipe bought, in dense-evaluated validation bits per byte (lower is better)."""
+    if not c:
+        return ""
+    fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    diff = lambda a, b: "" if a is None or b is None else f" ({a - b:+.4f})"  # noqa: E731
+    lines = [f"{c['recipe']} vs {c['baseline']}, validation bits per byte with dense attention (lower is better):",
+             f"  at equal tokens ({_fmt_tokens(c['tokens'])}):      {c['recipe']} {fmt(c['recipe_bpb'])}, "
+             f"{c['baseline']} {fmt(c['baseline_bpb_equal_tokens'])}{diff(c['recipe_bpb'], c['baseline_bpb_equal_tokens'])}",
+             f"  at equal wall-clock ({_fmt_time(c['recipe_time_s'])}, {c['recipe']}'s training time): "
+             f"{c['recipe']} {fmt(c['recipe_bpb'])}, {c['baseline']} {fmt(c['baseline_bpb_equal_time'])}"
+             f"{diff(c['recipe_bpb'], c['baseline_bpb_equal_time'])}"
+             + ("" if c["baseline_bpb_equal_time"] is not None else " (the baseline had not been evaluated that early)")]
+    if c["lighthouse_tok_s"] and c["dense_tok_s"]:
+        lines.append(f"  speed: the Lighthouse stage trains at {c['lighthouse_tok_s'] / c['dense_tok_s']:.2f}x the dense "
+                     f"stage's tokens/s (median step: {c['lighthouse_tok_s']:,.0f} vs {c['dense_tok_s']:,.0f})")
+    if c.get("leak_nats") is not None:
+        lines.append(f"  leak meter at the switch: {c['leak_nats']:+.4f} nats (the loss at t when the byte after t is "
+                     "replaced; 0 = the model reads no future)")
+    return "\n".join(lines)
 
 
 def _fmt_tokens(n: int) -> str:
@@ -128,8 +203,8 @@ def _fmt_time(s: float) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The summary table: one line per stage of every run, then a total per run."""
-    header = ["run", "stage", "attention", "steps", "tokens", "time", "tok/s", "median step tok/s", "val bpb",
-              "val bpb (dense)"]
+    header = ["run", "stage", "attention", "steps", "tokens", "time", "tok/s", "median step tok/s", "val bpb (dense)",
+              "diagnostic: bpb with own attention", "leak (nats)"]
     lines = []
     by_run: dict[str, list[dict]] = {}
     for r in rows:
@@ -146,6 +221,7 @@ def format_table(rows: list[dict]) -> str:
                 "time_s": sum(r["time_s"] for r in rs),
                 "val_bpb": rs[-1]["val_bpb"],
                 "val_bpb_dense": rs[-1]["val_bpb_dense"],
+                "leak_nats": None,
                 "step_rates": [x for r in rs for x in r.get("step_rates", [])],
             }
             lines.append(_row(total, "all"))
@@ -153,7 +229,9 @@ def format_table(rows: list[dict]) -> str:
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
-    return "\n".join(out)
+    note = ("val bpb (dense): every layer dense, the number that compares models. The Lighthouse-evaluated bpb "
+            "and the leak meter are diagnostics of a Lighthouse stage: top-k selection lets a model read its future.")
+    return "\n".join(out + [note])
 
 
 def _row(r: dict, stage: str) -> list[str]:
@@ -172,6 +250,7 @@ def _row(r: dict, stage: str) -> list[str]:
         _fmt_time(r["time_s"]),
         f"{tok_s:,.0f}",
         median,
-        bpb(r["val_bpb"]),
         bpb(r["val_bpb_dense"]),
+        bpb(r["val_bpb"]) if r["attention"] != "dense" else "",
+        "" if r.get("leak_nats") is None else f"{r['leak_nats']:+.4f}",
     ]

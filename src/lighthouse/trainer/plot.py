@@ -1,14 +1,18 @@
 """`lighthouse plot runs/a runs/b -o plot.png`: training loss and validation bits-per-byte
 against tokens and against wall-clock (seconds spent in training steps), one line per run,
-with dotted vertical lines where a run changes stage. Hollow markers: the weights at the end
-of a Lighthouse stage evaluated with dense attention.
+with dotted vertical lines where a run changes stage.
+
+The validation panels show bpb with dense attention at every evaluation: the number that
+compares models. Bpb evaluated with Lighthouse attention is left out (with top-k selection a
+model can read its future through it); the training loss of a Lighthouse stage has the same
+caveat, and its panel says so.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .metrics import read_metrics
+from .metrics import dense_bpb_curve, read_metrics
 
 
 def _smooth(values: list[float], weight: float) -> list[float]:
@@ -35,7 +39,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, smooth: float = 0.8) 
             raise FileNotFoundError(f"no metrics in {run_dir} (expected {run_dir / 'metrics.jsonl'})")
         color = f"C{i}"
         train = [r for r in records if r.get("kind") == "train"]
-        evals = [r for r in records if r.get("kind") == "eval"]
+        curve = dense_bpb_curve(run_dir)
         label = run_dir.name
         for col, x_key in enumerate(("tokens", "time_s")):
             if train:
@@ -43,15 +47,9 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, smooth: float = 0.8) 
                 ys = [r["loss"] for r in train]
                 axes[0][col].plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
                 axes[0][col].plot(xs, _smooth(ys, smooth), color=color, label=label, linewidth=1.6)
-            if evals:
-                axes[1][col].plot([r[x_key] for r in evals], [r["val_bpb"] for r in evals], "o-", color=color, label=label)
-            # the same weights evaluated with dense attention where a stage ended on Lighthouse
-            swapped = [r for r in records if r.get("kind") == "stage_end" and r.get("attention") != "dense"]
-            if swapped:
-                axes[1][col].plot(
-                    [r[x_key] for r in swapped], [r["val_bpb_dense"] for r in swapped], "o", color=color,
-                    markerfacecolor="white", label=f"{label} (evaluated dense)",
-                )
+            if curve:
+                index = 1 if x_key == "tokens" else 2
+                axes[1][col].plot([p[index] for p in curve], [p[3] for p in curve], "o-", color=color, label=label)
             for r in records:
                 if r.get("kind") == "stage_end" and r["step"] != (train[-1]["step"] if train else None):
                     for row in (0, 1):
@@ -59,14 +57,14 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, smooth: float = 0.8) 
         plotted += 1
 
     for col, xlabel in enumerate(("training tokens", "wall-clock (s, training steps)")):
-        axes[0][col].set_ylabel("training loss (nats/token)")
-        axes[1][col].set_ylabel("validation bits per byte")
+        axes[0][col].set_ylabel("training loss (nats/token, each stage's attention)")
+        axes[1][col].set_ylabel("validation bits per byte, dense attention")
         for row in (0, 1):
             axes[row][col].set_xlabel(xlabel)
             axes[row][col].grid(alpha=0.3)
             if plotted:
                 axes[row][col].legend()
-    fig.suptitle("loss vs tokens and vs wall-clock (dotted: stage switch)")
+    fig.suptitle("loss vs tokens and vs wall-clock (dotted: stage switch); validation: every layer dense")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

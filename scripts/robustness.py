@@ -1,0 +1,201 @@
+"""The robustness matrix: does Lighthouse + dense recovery hold on data it was not tuned on?
+
+    python scripts/robustness.py --config configs/robustness-32k.toml --corpora python,code,text \\
+        --seeds 0 --arms dense,topk,causal --parallel 3 --deadline 540 --results docs/results/robustness.json
+    (run it again to continue: finished runs are skipped, unfinished ones resume from their checkpoint)
+
+Corpora, found at run time in this interpreter's site-packages (nothing is downloaded):
+  python   the `.py` files, one document per top-level package (the corpus the recipe was tuned on)
+  code     C, C++ and CUDA sources and headers (.h .hpp .cuh .c .cc .cpp .cu), one document per file
+  text     prose and markup: .md .rst .txt, licences, package METADATA (mostly READMEs)
+
+Arms (the same model, data order, seed and token budget; only the attention differs):
+  dense          dense from scratch
+  topk           Lighthouse (the paper's top-k selection) for 10/16 of the steps, then dense
+  causal         the same with causal selection (`lighthouse.selection = "causal"`)
+  topk-k2 / causal-k2     as topk / causal with twice the budget K
+  topk-rec6 / causal-rec6 Lighthouse for 6/16 of the steps only (a longer recovery)
+  topk-only / causal-only Lighthouse for every step (its Lighthouse-evaluated bpb is a model score only when causal)
+
+Every finished run adds one object to --results (a JSON list; a run already there is replaced):
+corpus, seed, arm, settings, steps, tokens, train_s, final_bpb_dense (on --final-windows
+validation windows, dense attention), the bpb at the switch with both attentions, the leak
+meter at the switch, and the time at which the run first reached the paired dense run's final bpb.
+Runs share one GPU when --parallel > 1, so train_s includes contention: compare the bpb at equal
+tokens, and times only between runs made with the same --parallel (the entry records it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import site
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from recipe import Runner, arm_overrides, final_bpb, first_reaching, train_argv  # noqa: E402
+
+from lighthouse.trainer.config import load_config  # noqa: E402
+from lighthouse.trainer.metrics import read_metrics, stage_rows  # noqa: E402
+
+CODE_SUFFIXES = ("h", "hpp", "cuh", "c", "cc", "cpp", "cu")
+TEXT_PATTERNS = ("*.md", "*.rst", "*.txt", "LICENSE*", "METADATA")
+
+
+def site_packages() -> list[str]:
+    roots = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
+    return sorted(r for r in roots if Path(r).is_dir())
+
+
+def corpus_overrides(corpus: str) -> list[str]:
+    roots = site_packages()
+    if corpus == "python":
+        return ['data.source="site-packages"', 'data.document="package"']
+    if corpus == "code":
+        globs = [f"{r}/**/*.{s}" for r in roots for s in CODE_SUFFIXES]
+    elif corpus == "text":
+        globs = [f"{r}/**/{p}" for r in roots for p in TEXT_PATTERNS]
+    else:
+        raise SystemExit(f"unknown corpus {corpus!r}: python, code or text")
+    paths = ", ".join(json.dumps(g) for g in globs)
+    return ['data.source="files"', f"data.paths=[{paths}]", 'data.document="file"', 'data.val_split="documents"']
+
+
+def arm_settings(arm: str, cfg) -> list[str]:
+    total, topk = cfg.total_steps, cfg.lighthouse.topk
+    base, _, variant = arm.partition("-")
+    if base == "dense":
+        return arm_overrides(total, 0)
+    if base not in ("topk", "causal"):
+        raise SystemExit(f"unknown arm {arm!r}")
+    out = [f'lighthouse.selection="{base}"']
+    share = {"": 10, "k2": 10, "rec6": 6, "only": 16}.get(variant)
+    if share is None:
+        raise SystemExit(f"unknown arm variant {variant!r} in {arm!r}")
+    out += arm_overrides(total, share)
+    if variant == "k2":
+        out.append(f"lighthouse.topk={2 * topk}")
+    return out
+
+
+def switch_record(run_dir: Path) -> dict:
+    """The first stage's end (with both attentions) and the leak meter there, when stage 1 is Lighthouse."""
+    records = read_metrics(run_dir)
+    ends = [r for r in records if r.get("kind") == "stage_end"]
+    if not ends or ends[0]["attention"] == "dense":
+        return {}
+    first = ends[0]
+    leaks = [r for r in records if r.get("kind") == "leak" and r["step"] == first["step"]]
+    return {"switch_step": first["step"], "switch_bpb_lighthouse": first["val_bpb"], "switch_bpb_dense": first["val_bpb_dense"],
+            "switch_leak": leaks[-1]["spans"] if leaks else None}
+
+
+def leak_curve(run_dir: Path) -> list[dict]:
+    """The leak meter through the Lighthouse stage: step and the mean change for span 1."""
+    return [{"step": r["step"], "mean_nats": r["spans"][0]["mean_nats"], "stderr": r["spans"][0]["stderr"]}
+            for r in read_metrics(run_dir) if r.get("kind") == "leak"]
+
+
+def entry(out: Path, corpus: str, seed: int, arm: str, settings: list[str], parallel: int, dense_name: str) -> dict:
+    name = run_name(corpus, seed, arm)
+    rows = stage_rows(out / name)
+    final = json.loads((out / "evals" / name / "position.json").read_text())
+    cfg = load_config(out / name / "config.toml")
+    target = final_bpb(out / dense_name) if (out / dense_name).is_dir() else None
+    reached = first_reaching(out / name, target) if target is not None and name != dense_name else None
+    return {
+        "corpus": corpus, "seed": seed, "arm": arm, "settings": settings,
+        "lighthouse": {"levels": cfg.lighthouse.levels, "pooling": cfg.lighthouse.pooling, "topk": cfg.lighthouse.topk,
+                       "selection": cfg.lighthouse.selection},
+        "lr": cfg.optim.lr, "seq_len": cfg.data.seq_len,
+        "stages": [{"attention": r["attention"], "steps": r["steps"], "time_s": r["time_s"],
+                    "tok_per_s_median": statistics.median(r["step_rates"][1:] or r["step_rates"])} for r in rows],
+        "steps": sum(r["steps"] for r in rows), "tokens": sum(r["tokens"] for r in rows),
+        "train_s": sum(r["time_s"] for r in rows), "parallel_runs": parallel,
+        "final_bpb_dense": final["val_bpb"], "final_windows": final["windows"],
+        "final_bpb_dense_train_eval": rows[-1]["val_bpb_dense"] if rows else None,
+        **switch_record(out / name),
+        "leak_over_training": leak_curve(out / name),
+        "reached_dense_final": reached,
+    }
+
+
+def run_name(corpus: str, seed: int, arm: str) -> str:
+    return f"{corpus}-s{seed}-{arm}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/robustness-32k.toml")
+    ap.add_argument("--out", default="runs/robustness", help="folder of all runs and logs")
+    ap.add_argument("--results", default="docs/results/robustness.json", help="the JSON list of finished runs")
+    ap.add_argument("--corpora", default="python,code,text")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--arms", default="dense,topk,causal")
+    ap.add_argument("--lr", type=float, help="learning rate of every run (default: the config's)")
+    ap.add_argument("--parallel", type=int, default=1, help="runs at a time on the one device")
+    ap.add_argument("--device", default="0", help="CUDA device id, or 'cpu'")
+    ap.add_argument("--deadline", type=float, default=540.0, help="seconds this invocation may run")
+    ap.add_argument("--final-windows", type=int, default=32, help="validation windows of the final dense evaluation")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="applies to every run")
+    args = ap.parse_args()
+
+    out = Path(args.out).resolve()
+    cfg = load_config(args.config, args.overrides)
+    corpora = [c for c in args.corpora.split(",") if c]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    arms = [a for a in args.arms.split(",") if a]
+    common = list(args.overrides) + ([f"optim.lr={args.lr}"] if args.lr else [])
+    runner = Runner([args.device] * args.parallel, time.time() + args.deadline, out / "logs")
+
+    jobs, planned = [], []
+    for seed in seeds:
+        for arm in arms:  # arms outer, corpora inner: the parallel slots mix corpora
+            for corpus in corpora:
+                name = run_name(corpus, seed, arm)
+                settings = arm_settings(arm, cfg)
+                overrides = [*common, *corpus_overrides(corpus), f"training.seed={seed}", *settings]
+                chain = [train_argv(args.config, name, out, overrides)]
+                if not (out / "evals" / name / "position.json").is_file():
+                    chain.append([sys.executable, "-m", "lighthouse", "eval", "--checkpoint", str(out / name),
+                                  "--task", "position", "--attention", "dense", "--windows", str(args.final_windows),
+                                  "--out", str(out / "evals" / name)])
+                jobs.append((name, chain))
+                planned.append((corpus, seed, arm, settings))
+    finished = runner.run_all(jobs)
+
+    results_path = Path(args.results)
+    results = json.loads(results_path.read_text()) if results_path.is_file() else []
+    done = 0
+    for corpus, seed, arm, settings in planned:
+        name = run_name(corpus, seed, arm)
+        if not (out / "evals" / name / "position.json").is_file():
+            continue
+        new = entry(out, corpus, seed, arm, settings, args.parallel, run_name(corpus, seed, "dense"))
+        results = [r for r in results if (r["corpus"], r["seed"], r["arm"]) != (corpus, seed, arm)] + [new]
+        done += 1
+    results.sort(key=lambda r: (r["corpus"], r["seed"], r["arm"]))
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"{'corpus':<8} {'seed':>4} {'arm':<12} {'final bpb (dense)':>17} {'vs dense':>9} {'switch LH/dense':>16} "
+          f"{'leak@switch':>12} {'train s':>8}")
+    by_key = {(r["corpus"], r["seed"], r["arm"]): r for r in results}
+    for r in results:
+        base = by_key.get((r["corpus"], r["seed"], "dense"))
+        diff = f"{r['final_bpb_dense'] - base['final_bpb_dense']:+.3f}" if base else "-"
+        switch = (f"{r['switch_bpb_lighthouse']:.3f}/{r['switch_bpb_dense']:.3f}" if "switch_bpb_dense" in r else "-")
+        leak = f"{r['switch_leak'][0]['mean_nats']:+.4f}" if r.get("switch_leak") else "-"
+        print(f"{r['corpus']:<8} {r['seed']:>4} {r['arm']:<12} {r['final_bpb_dense']:>17.4f} {diff:>9} {switch:>16} "
+              f"{leak:>12} {r['train_s']:>8.1f}")
+    print(f"{done} of {len(planned)} planned runs finished; {results_path}" + ("" if finished else " (run again to continue)"))
+    return 0 if finished else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
