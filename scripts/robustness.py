@@ -126,6 +126,40 @@ def entry(out: Path, corpus: str, seed: int, arm: str, settings: list[str], para
     }
 
 
+def plot_matrix(results: list[dict], out: Path) -> None:
+    """Final dense-evaluated bpb minus the paired dense run's, per corpus and arm (one dot per seed),
+    and the leak meter at the switch (span 1, with its standard error)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = {(r["corpus"], r["seed"]): r["final_bpb_dense"] for r in results if r["arm"] == "dense"}
+    corpora = sorted({r["corpus"] for r in results})
+    arms = sorted({r["arm"] for r in results if r["arm"] != "dense"})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(1, len(arms))
+    for j, arm in enumerate(arms):
+        for i, corpus in enumerate(corpora):
+            rows = [r for r in results if (r["corpus"], r["arm"]) == (corpus, arm) and (corpus, r["seed"]) in dense]
+            x = i + (j - (len(arms) - 1) / 2) * width
+            diffs = [r["final_bpb_dense"] - dense[(corpus, r["seed"])] for r in rows]
+            axes[0].scatter([x] * len(diffs), diffs, color=f"C{j}", label=arm if i == 0 else None, zorder=3)
+            leaks = [r["switch_leak"][0] for r in rows if r.get("switch_leak")]
+            axes[1].errorbar([x] * len(leaks), [lk["mean_nats"] for lk in leaks], yerr=[lk["stderr"] for lk in leaks],
+                             fmt="o", color=f"C{j}", capsize=3, label=arm if i == 0 else None)
+    for ax, title in ((axes[0], "final bpb (dense evaluation) minus dense's, equal tokens"),
+                      (axes[1], "leak meter at the switch: loss change at t when byte t+1 is replaced (nats)")):
+        ax.axhline(0.0, color="grey", linewidth=1)
+        ax.set_xticks(range(len(corpora)), corpora)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def run_name(corpus: str, seed: int, arm: str) -> str:
     return f"{corpus}-s{seed}-{arm}"
 
@@ -144,7 +178,12 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds this invocation may run")
     ap.add_argument("--final-windows", type=int, default=32, help="validation windows of the final dense evaluation")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="applies to every run")
+    ap.add_argument("--plot", metavar="PNG", help="plot --results into PNG and stop (no runs)")
     args = ap.parse_args()
+    if args.plot:
+        plot_matrix(json.loads(Path(args.results).read_text()), Path(args.plot))
+        print(f"wrote {args.plot}")
+        return 0
 
     out = Path(args.out).resolve()
     cfg = load_config(args.config, args.overrides)
