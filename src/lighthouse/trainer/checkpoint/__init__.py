@@ -17,12 +17,15 @@ The promises, and how they are kept:
   into a hidden temporary folder, flushed, and renamed into place in one step (`os.replace`);
   only then does `latest` move (temp file + rename).
 - A damaged checkpoint is never loaded silently: `meta.json` records a SHA-256 of each file,
-  checked before anything is read. A damaged or unreadable checkpoint raises a one-line
-  `CheckpointError` naming the file; resuming falls back, with a warning, to the newest older
-  checkpoint that verifies (keep more than one with `training.keep_checkpoints`).
-- Pruning renames an old checkpoint out of sight (`.trash-*`) before deleting it, so a kill
-  mid-delete leaves no half folder that looks like a checkpoint; leftovers of killed saves
-  and prunes are removed by the next save.
+  checked before anything is read. A damaged, incomplete or unreadable checkpoint raises a
+  one-line `CheckpointError` naming the file; resuming falls back, with a warning, to the
+  newest older checkpoint that verifies (keep more than one with `training.keep_checkpoints`),
+  and when none does, the trainer stops (trainer/resume.py) instead of starting over.
+  `verify_weights` checks model.safetensors alone (`--resume-weights-only`).
+- Pruning removes only checkpoints older than the good one just saved (never a later one a
+  resume fell back from), and renames each out of sight (`.trash-*`) before deleting it, so a
+  kill mid-delete leaves no half folder that looks like a checkpoint; leftovers of killed
+  saves and prunes are removed by the next save.
 - One trainer per run: `RunLock` holds an exclusive lock on `<run>/.lock` for the whole run
   (released by the OS when the process dies, even by SIGKILL), and a second trainer on the
   same run stops with an error that says who holds it.
@@ -46,13 +49,17 @@ import torch
 from .files import (
     CHECKPOINT_DIR,
     CheckpointError,
+    checkpoint_folders,
     checkpoints_newest_first,
+    folder_step,
     is_sharded,
     latest_checkpoint,
     latest_good_checkpoint,
     load_state,
     resolve_checkpoint,
+    saved_config,
     verify_checkpoint,
+    verify_weights,
 )
 from .local import load_checkpoint, load_weights, save_checkpoint
 from .lock import RunLock, RunLockedError
@@ -66,7 +73,9 @@ __all__ = [
     "Checkpointer",
     "RunLock",
     "RunLockedError",
+    "checkpoint_folders",
     "checkpoints_newest_first",
+    "folder_step",
     "is_sharded",
     "latest_checkpoint",
     "latest_good_checkpoint",
@@ -76,8 +85,10 @@ __all__ = [
     "resolve_checkpoint",
     "rng_state",
     "save_checkpoint",
+    "saved_config",
     "set_rng_state",
     "verify_checkpoint",
+    "verify_weights",
 ]
 
 
@@ -125,3 +136,13 @@ class Checkpointer:
         state = load_checkpoint(path, model, device, verify=False)  # `latest` verified it
         optimizer.load_state_dict(state["optimizer"])
         return state
+
+    def load_weights_only(self, path: Path, model: torch.nn.Module, device) -> None:
+        """Only the weights of checkpoint `path` (its model.safetensors, either kind) into `model`: what
+        `--resume-weights-only` continues from when the rest of a checkpoint is damaged."""
+        if self.parallel is not None:
+            from .sharded import load_full_weights  # torch.distributed.checkpoint, for multi-process runs only
+
+            load_full_weights(path, model)
+        else:
+            load_weights(path, model, device)

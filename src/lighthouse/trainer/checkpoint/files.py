@@ -3,9 +3,10 @@ with checksums, verified, found, pruned.
 
 A save (local.py, sharded.py) writes its files into a hidden temporary folder
 (`fresh_folder`), seals it (`seal_checkpoint`: fsync, meta.json), renames it into place in one
-step (`install_checkpoint`), then moves `latest` and prunes (`point_latest`). Loading checks
-meta.json's sizes and SHA-256s first (`verify_checkpoint`) and falls back to the newest older
-checkpoint that verifies (`latest_good_checkpoint`).
+step (`install_checkpoint`), then moves `latest` and prunes what it supersedes (`point_latest`).
+Loading checks meta.json's sizes and SHA-256s first (`verify_checkpoint`) and falls back to the
+newest older checkpoint that verifies (`latest_good_checkpoint`), reporting each damaged or
+incomplete one it skips; `verify_weights` checks the weights alone.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def checkpoint_root(run_dir: str | Path) -> Path:
 
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def folder_step(path: Path) -> int | None:
+    """The step of a checkpoint folder's name (`step-00000100` -> 100), None for another name."""
+    prefix, _, digits = Path(path).name.partition("-")
+    return int(digits) if prefix == "step" and digits.isdigit() else None
 
 
 def fsync(path: Path) -> None:
@@ -77,7 +84,7 @@ def is_sharded(path: Path) -> bool:
 
 
 def _complete_checkpoints(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("step-*") if is_complete(p))
+    return sorted(p for p in root.glob("step-*") if folder_step(p) is not None and is_complete(p))
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -142,14 +149,19 @@ def _remove(path: Path) -> None:
 
 
 def _prune(root: Path, keep: int, current: Path) -> None:
-    complete = _complete_checkpoints(root)
-    for old in complete[:-keep] if keep > 0 else []:
-        if old != current:
-            _remove(old)
+    """Keep the newest `keep` checkpoints up to `current` (just saved, good); remove the older ones.
+
+    Only what `current` supersedes goes: a checkpoint of a later step (one a resume fell back
+    from, damaged) stays until the run saves that step again, for a person to look at.
+    """
+    step = folder_step(current)
+    superseded = [p for p in _complete_checkpoints(root) if p != current and folder_step(p) < step]
+    for old in superseded[: max(0, len(superseded) - (keep - 1))] if keep > 0 else []:
+        _remove(old)
     for left in [*root.glob(".tmp-*"), *root.glob(".trash-*")]:  # from saves or prunes that were killed
         shutil.rmtree(left, ignore_errors=True)
     for partial in root.glob("step-*"):  # a folder of an older version's interrupted delete
-        if partial.is_dir() and not is_complete(partial) and partial != current:
+        if partial.is_dir() and not is_complete(partial) and (folder_step(partial) or 0) < step:
             _remove(partial)
 
 
@@ -179,19 +191,38 @@ def verify_checkpoint(path: Path) -> dict:
     return meta
 
 
+def _latest_name(root: Path) -> str | None:
+    pointer = root / "latest"
+    try:
+        return pointer.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _newest_first(root: Path, found: list[Path]) -> list[Path]:
+    """`found` by step, newest first, with the one `latest` names first."""
+    found = sorted(found, key=lambda p: (folder_step(p) or 0, p.name), reverse=True)
+    name = _latest_name(root)
+    if name is not None and root / name in found:
+        found.remove(root / name)
+        found.insert(0, root / name)
+    return found
+
+
 def checkpoints_newest_first(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, the one `latest` names first, then by step, newest first."""
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
-    found = _complete_checkpoints(root)[::-1]
-    pointer = root / "latest"
-    if pointer.is_file():
-        named = root / pointer.read_text(encoding="utf-8").strip()
-        if named in found:
-            found.remove(named)
-            found.insert(0, named)
-    return found
+    return _newest_first(root, _complete_checkpoints(root))
+
+
+def checkpoint_folders(run_dir: str | Path) -> list[Path]:
+    """Every checkpoint folder of a run, complete or not, in the order of `checkpoints_newest_first`."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    return _newest_first(root, [p for p in root.glob("step-*") if p.is_dir() and folder_step(p) is not None])
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -201,8 +232,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def latest_good_checkpoint(run_dir: str | Path, warn=log.warning) -> Path | None:
-    """The newest checkpoint that verifies; each damaged newer one is reported through `warn`."""
-    for ckpt in checkpoints_newest_first(run_dir):
+    """The newest checkpoint that verifies; each damaged or incomplete newer one is reported through `warn`,
+    and so is a `latest` that names a folder that is gone."""
+    root = checkpoint_root(run_dir)
+    folders = checkpoint_folders(run_dir)
+    name = _latest_name(root) if root.is_dir() else None
+    if name is not None and not (root / name).is_dir():
+        warn(f"{root / 'latest'} names {name}, which is missing; falling back to the newest checkpoint that verifies")
+    for ckpt in folders:
         try:
             verify_checkpoint(ckpt)
             return ckpt
@@ -211,22 +248,58 @@ def latest_good_checkpoint(run_dir: str | Path, warn=log.warning) -> Path | None
     return None
 
 
+def verify_weights(path: Path) -> int:
+    """The step of a checkpoint whose weights (model.safetensors) match meta.json, whatever state.pt holds;
+    else CheckpointError. What `--resume-weights-only` continues from."""
+    path = Path(path)
+    meta_file, weights = path / "meta.json", path / "model.safetensors"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_file}: cannot be read ({type(e).__name__})") from None
+    want = meta.get("files", {}).get("model.safetensors") if isinstance(meta.get("files"), dict) else None
+    if not isinstance(want, dict) or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{meta_file}: records no step or no checksum of model.safetensors")
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    if weights.stat().st_size != want.get("bytes") or sha256_file(weights) != want.get("sha256"):
+        raise CheckpointError(f"{weights}: does not match its size and SHA-256 in meta.json (damaged)")
+    return meta["step"]
+
+
 def resolve_checkpoint(path: str | Path, warn=log.warning) -> Path:
     """A run folder, its checkpoints folder, or one checkpoint folder -> a verified checkpoint folder."""
     path = Path(path)
-    if is_complete(path):
-        verify_checkpoint(path)
+    if is_complete(path) or (path.is_dir() and folder_step(path) is not None):
+        verify_checkpoint(path)  # an incomplete one: the error names the missing file
         return path
     run_dir = path.parent if path.name == CHECKPOINT_DIR else path
-    if not checkpoints_newest_first(run_dir):
-        raise FileNotFoundError(f"no complete checkpoint found at {path}")
-    found = latest_good_checkpoint(run_dir, warn)
+    if not checkpoint_folders(run_dir):
+        raise FileNotFoundError(f"no checkpoint found at {path}")
+    skipped: list[str] = []  # reported when a checkpoint is found; else the one error names them
+    found = latest_good_checkpoint(run_dir, skipped.append)
     if found is None:
-        raise CheckpointError(f"every checkpoint under {checkpoint_root(run_dir)} is damaged")
+        damage = [m.removeprefix("skipping damaged checkpoint: ") for m in skipped if m.startswith("skipping")]
+        more = f" and {len(damage) - 1} more" if len(damage) > 1 else ""
+        first = f" ({damage[0]}{more})" if damage else ""
+        raise CheckpointError(f"every checkpoint under {checkpoint_root(run_dir)} is damaged{first}")
+    for message in skipped:
+        warn(message)
     return found
 
 
 # ---- reading ---------------------------------------------------------------------------------
+def saved_config(path: Path) -> dict:
+    """The config a checkpoint was trained with (state.pt's "config"), without reading the optimizer state."""
+    f = Path(path) / "state.pt"
+    try:  # mmap: the tensors are mapped, not read; only the small config is touched
+        state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # as in load_state: a damaged file is a one-line error
+        first_line = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"{f}: cannot be read ({type(e).__name__}: {first_line})") from None
+    return state["config"]
+
+
 def load_state(path: Path, device="cpu") -> dict:
     """`state.pt` of a checkpoint; any failure becomes a one-line CheckpointError naming the file."""
     f = Path(path) / "state.pt"

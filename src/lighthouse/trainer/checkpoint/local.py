@@ -8,6 +8,7 @@ verifies one and loads its weights into a model (`load_weights`: strict, a one-l
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -48,9 +49,28 @@ def load_weights(path: Path, model: torch.nn.Module, device="cpu") -> None:
         load_model(model, str(f), strict=True, device=str(device))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{f}: cannot be read ({e})") from None
-    except RuntimeError as e:  # missing or unexpected weights: another architecture's checkpoint
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
-        raise CheckpointError(f"{f}: does not fit this model ({detail})") from None
+    except RuntimeError as e:  # missing, unexpected or reshaped weights: another architecture's checkpoint
+        raise CheckpointError(f"{f}: does not fit this model ({misfit_summary(e)}); use the checkpoint's [model]") from None
+
+
+def misfit_summary(error: RuntimeError) -> str:
+    """torch's list of every tensor that does not fit (thousands of characters for a model of another
+    width) as one short clause: how many of each kind, and the first."""
+    lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+    parts = []
+    reshaped = [line for line in lines if line.startswith("size mismatch for ")]
+    if reshaped:
+        m = re.match(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from checkpoint, "
+                     r"the shape in current model is torch\.Size\((\[.*?\])\)", reshaped[0])
+        first = f"{m[1]} is {m[2]} in the file, {m[3]} in the model" if m else reshaped[0][:160]
+        parts.append(f"{len(reshaped)} tensors of another shape, e.g. {first}")
+    for kind in ("Missing", "Unexpected"):
+        for line in lines:
+            if line.startswith(f"{kind} key(s)"):
+                names = re.findall(r'"([^"]+)"', line)
+                more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+                parts.append(f"{kind.lower()} {names[0] if names else line[:160]}{more}")
+    return "; ".join(parts) or (lines[0][:200] if lines else str(error)[:200])
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module | None = None, device="cpu", verify: bool = True) -> dict:

@@ -175,13 +175,23 @@ def optimizer_state_by_name(model, optimizer, saved: dict) -> dict:
     return {"state": {by_index[i]: s for i, s in saved["state"].items()}, "param_groups": groups}
 
 
-def load_single_process(path: Path, model, optimizer, optimizer_state: dict) -> None:
-    """A one-process checkpoint (model.safetensors, optimizer in state.pt) into a sharded model and optimizer."""
+def load_full_weights(path: Path, model) -> None:
+    """model.safetensors of a checkpoint (either kind: a sharded one holds the consolidated weights) into a
+    sharded model; every rank reads the whole and keeps its shards."""
     f = Path(path) / "model.safetensors"
     try:
         weights = load_file(str(f))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{f}: cannot be read ({e})") from None
+    try:
+        set_model_state_dict(model, retie(weights, tied_groups(model)), options=StateDictOptions(full_state_dict=True))
+    except (RuntimeError, KeyError, ValueError) as e:
+        first_line = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"{f}: does not fit this model ({first_line[:200]}); use the checkpoint's [model]") from None
+
+
+def load_single_process(path: Path, model, optimizer, optimizer_state: dict) -> None:
+    """A one-process checkpoint (model.safetensors, optimizer in state.pt) into a sharded model and optimizer."""
+    load_full_weights(path, model)
     full = StateDictOptions(full_state_dict=True)  # every rank holds the whole; each keeps its shards
-    set_model_state_dict(model, retie(weights, tied_groups(model)), options=full)
     set_optimizer_state_dict(model, optimizer, optimizer_state_by_name(model, optimizer, optimizer_state), options=full)
