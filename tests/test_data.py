@@ -336,6 +336,26 @@ def test_folder_and_package_documents(tmp_path):
     assert data.document == "package" and data.describe()["documents"] == 3 and data.describe()["files"] == 5
 
 
+
+def test_glob_paths_make_folder_documents(tmp_path):
+    """Files a glob matched are grouped by their folder (below the folder the pattern searches), as the log
+    says; a folder setting with only single files named is an error, not a setting that does nothing."""
+    make_tree(tmp_path / "src")
+    root = str(tmp_path / "src")
+    pattern = f"{root}/**/*.py"
+    files = expand_paths([pattern])
+    assert [f.name for f in files] == sorted(f.name for f in files)  # names (what the split hashes) unchanged
+    assert [u.name for u in group_documents(files, "folder")] == [f"{root}/alpha", f"{root}/alpha/sub",
+                                                                  f"{root}/beta", root]
+    assert [u.name for u in group_documents(files, "package")] == [f"{root}/alpha", f"{root}/beta", f"{root}/top.py"]
+    assert group_documents(files, "file") == files
+    data = ByteData(DataConfig(source="files", paths=[pattern], document="folder", seq_len=8, val_windows=1), 0)
+    assert len(data.units) == 4 and "4 documents (folder documents)" in data.summary()
+    single = DataConfig(source="files", paths=[f"{root}/top.py", f"{root}/beta/mod.py"], document="folder")
+    with pytest.raises(DataError, match=r"data.document = 'folder' joins the text files of a folder, but data.paths "
+                                        r"names only single files.*data.document = \"file\""):
+        ByteData(single, 0)
+
 def test_site_packages_source(tmp_path, caplog):
     site = tmp_path / "site-packages"
     make_tree(site)

@@ -11,9 +11,11 @@ Sources
 Documents (`data.document`): "file" makes every text file a document; "folder" makes the text
 files of one folder one document, and "package" those under one top-level entry of a root
 (a package of site-packages or the standard library, a sub-folder of a folder in
-`data.paths`), concatenated in path order (each file starting on a new line), so documents
-run to hundreds of KB. "auto" is "package" for site-packages and "file" otherwise. JSONL and
-Parquet records, and files named directly or by a glob, are always documents of their own.
+`data.paths`, or below the folder a glob pattern searches), concatenated in path order (each
+file starting on a new line), so documents run to hundreds of KB. "auto" is "package" for
+site-packages and "file" otherwise. JSONL and Parquet records, and files named directly, are
+always documents of their own; "folder" or "package" with nothing to join (data.paths names
+only single files) is an error, not a setting that silently does nothing.
 
 Every document becomes its UTF-8 bytes (ids 0..255) followed by `EOD_ID` (`lighthouse.tokenizer`),
 held whole in memory while it is packed (2 bytes per byte). Empty, unreadable and non-UTF-8 files (and
@@ -122,6 +124,12 @@ class ByteData:
                 raise DataError(f"data.paths {data_cfg.paths} matched no files")
         self.files = cap_bytes(files, data_cfg.max_bytes, self.stats)
         self.document = resolve_document_mode(getattr(data_cfg, "document", "auto"), data_cfg.source)
+        if self.document != "file" and not any(f.kind == "text" and f.root is not None for f in self.files):
+            raise DataError(
+                f"data.document = {self.document!r} joins the text files of a folder, but data.paths names only single "
+                "files (and JSONL/Parquet records are documents of their own); name folders or glob patterns in "
+                'data.paths, or set data.document = "file"'
+            )
         self.units = group_documents(self.files, self.document)
         self.split_by, self.split_description = choose_val_split(
             self.units, data_cfg.val_fraction, data_cfg.seq_len, getattr(data_cfg, "val_split", "auto"),

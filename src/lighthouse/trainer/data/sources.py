@@ -109,8 +109,22 @@ def stdlib_files(root: Path | None = None) -> list[SourceFile]:
     return found
 
 
+def glob_root(pattern: str) -> str:
+    """The folder a glob pattern searches: its leading parts without wildcards ('corpus/**/*.h' -> 'corpus')."""
+    parts = []
+    for part in pattern.split("/"):
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    return "/".join(parts)
+
+
 def expand_paths(paths: list[str]) -> list[SourceFile]:
-    """Files, directories (recursively, sorted) and glob patterns, in the order given."""
+    """Files, directories (recursively, sorted) and glob patterns, in the order given.
+
+    A file a glob matched is named by its match and rooted at the folder the pattern searches,
+    so folder and package documents group it with its neighbours; a file named directly has no root.
+    """
     out: list[SourceFile] = []
     seen = set()
     for entry in paths:
@@ -130,8 +144,12 @@ def expand_paths(paths: list[str]) -> list[SourceFile]:
                             f = Path(dirpath) / fn
                             items.append((f.relative_to(p).as_posix(), f))
                 named = [(f"{p.name}/{rel}", f) for rel, f in sorted(items)]
+            elif glob.has_magic(entry):
+                named = [(m, p)]
+                base = glob_root(entry)
+                root = base if m.startswith(base) else None
             else:
-                named = [(p.name if not glob.has_magic(entry) else m, p)]
+                named = [(p.name, p)]
             for name, f in named:
                 key = os.path.abspath(f)
                 if key not in seen:
