@@ -103,7 +103,7 @@ def test_baseline_config():
         ("[model]\ndim = \"big\"\n", r"'model.dim' must be an integer, got str"),
         ("[model]\ndim = 64.0\n", r"'model.dim' must be an integer"),
         ("[training]\ncompile = 1\n", r"'training.compile' must be true or false"),
-        ("[model]\ndense_layers = 0\n", r"'model.dense_layers' must be a list of an integer"),
+        ("[model]\ndense_layers = 0\n", r"'model.dense_layers' must be a list of integers, got the single value 0; .* = \[0\]"),
         ("[[stages]]\nattention = \"sparse\"\nsteps = 5\n", r"'stages.0.attention' must be one of"),
         ("[[stages]]\nattention = \"dense\"\nsteps = 0\n", r"'stages.0.steps' must be >= 1"),
         ("[[stages]]\nattention = \"dense\"\nstep = 3\n", r"unknown key 'stages.0.step'"),

@@ -291,10 +291,14 @@ def _build(cls, data: dict, prefix: str):
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        return f"a list of {_plural_name(typing.get_args(tp)[0])}"
     if dataclasses.is_dataclass(tp):
         return "a table"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _plural_name(tp) -> str:
+    return {int: "integers", float: "numbers", bool: "booleans", str: "strings"}.get(tp, "tables")
 
 
 def _convert(tp, value, where: str):
@@ -314,6 +318,11 @@ def _convert(tp, value, where: str):
         return _build(tp, value, f"{where}.")
     if origin is list:
         if not isinstance(value, list):
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):  # one item where a list belongs
+                example = _toml_value([value])
+                raise ConfigError(f"'{where}' must be {_type_name(tp)}, got the single value {value!r}; write a TOML list: "
+                                  f"{where.rpartition('.')[2]} = {example} in a file, --set '{where}={example}' on the "
+                                  "command line") from None
             raise bad
         (item_tp,) = typing.get_args(tp)
         return [_convert(item_tp, v, f"{where}.{i}") for i, v in enumerate(value)]
@@ -467,6 +476,31 @@ def resolve_parallel(cfg: Config, world_size: int) -> tuple[int, int]:
 def micro_batch_per_rank(cfg: Config, dp: int) -> int:
     """Sequences a data-parallel rank runs per forward/backward: micro_batch_size, or its share of the batch."""
     return cfg.training.micro_batch_size or cfg.training.batch_size // dp
+
+
+# ---- comparing -------------------------------------------------------------------------------
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) for every value of `new` that `old` holds otherwise.
+
+    Tables are compared key by key, lists of tables (stages) item by item when they have the
+    same length; a key `old` lacks (a config written before it existed) counts as its default.
+    """
+    if prefix == "":
+        merged = to_dict(Config())
+        _merge(merged, old)
+        old = merged
+    out = []
+    for key, value in new.items():
+        where = f"{prefix}{key}"
+        before = old.get(key) if isinstance(old, dict) else None
+        if isinstance(value, dict) and isinstance(before, dict):
+            out += config_diff(before, value, f"{where}.")
+        elif _is_table_list(value) and _is_table_list(before) and len(value) == len(before):
+            for i, (b, v) in enumerate(zip(before, value)):
+                out += config_diff(b, v, f"{where}.{i}.")
+        elif before != value:
+            out.append((where, before, value))
+    return out
 
 
 # ---- derived configs and saving ------------------------------------------------------------
