@@ -10,17 +10,82 @@ A prompt starts after an end-of-document id, as every document but the first doe
 training (`tokenizer.encode(prompt, start=True)`), and sampling stops at the next one (or
 after `max_new_tokens`); the text is `tokenizer.decode` of what came after the prompt.
 
+`lighthouse sample` checks its arguments before it loads anything (`check_sampling`), and the
+KV cache against the free memory of the device before it allocates it (`check_cache_fits`):
+a bad value is a one-line `SampleError`. A prompt is bytes to a byte-level model, so one that
+is not valid UTF-8 (a command-line argument in another encoding reaches Python as surrogate
+escapes) is fed as the bytes it was, and shown with U+FFFD where it is not text.
+
 Legend: B batch, P prompt length, V vocabulary.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 
 import torch
 
 from .model import KVCache, Transformer
 from .tokenizer import EOD_ID, decode, encode
+
+
+class SampleError(ValueError):
+    """A sampling argument that cannot work; the message names it and says what can."""
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, seed: int) -> None:
+    """The arguments of `lighthouse sample`, checked before anything is loaded."""
+    if max_new_tokens < 1:
+        raise SampleError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise SampleError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise SampleError(f"--top-k must be >= 0 (0: every byte), got {top_k}")
+    if not 0 <= seed < 2**63:
+        raise SampleError(f"--seed must be in [0, 2**63), got {seed}")
+
+
+def prompt_bytes(prompt: str | bytes) -> bytes:
+    """The bytes of a prompt: UTF-8 text, or the original bytes of a command-line argument that was not UTF-8."""
+    if isinstance(prompt, bytes):
+        return prompt
+    try:
+        return prompt.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError as e:
+        raise SampleError(f"--prompt holds {prompt[e.start:e.end]!r}, which is neither text nor a byte") from None
+
+
+def cache_bytes(model: Transformer, positions: int, batch: int = 1) -> int:
+    """Memory of a KV cache of `positions` (every layer's keys and values) and of its RoPE tables."""
+    args, param = model.args, next(model.parameters())
+    kv = len(model.layers) * 2 * batch * args.n_kv_heads * positions * args.head_dim * param.element_size()
+    return kv + 2 * positions * args.head_dim * 4  # cos and sin, float32
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on `device` (None when the platform does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def check_cache_fits(model: Transformer, prompt_len: int, max_new_tokens: int, trained_len: int | None = None) -> None:
+    """SampleError when the KV cache of prompt + max_new_tokens positions cannot fit in the device's free memory."""
+    device = next(model.parameters()).device
+    need, free = cache_bytes(model, prompt_len + max_new_tokens), free_memory(device)
+    if free is not None and need > free:
+        trained = f"; the model trained on windows of {trained_len:,} bytes" if trained_len else ""
+        raise SampleError(
+            f"--max-new-tokens {max_new_tokens:,}: the KV cache would take {need / 2**30:,.1f} GiB, more than the "
+            f"{free / 2**30:,.1f} GiB free on {device}; lower it{trained}"
+        )
 
 
 def pick_next(logits_BV: torch.Tensor, temperature: float, top_k: int | None, generator=None) -> torch.Tensor:
@@ -43,6 +108,10 @@ def generate(model: Transformer, prompt_BP: torch.Tensor, max_new_tokens: int, *
     (rows that stopped repeat it)."""
     if prompt_BP.dim() != 2 or prompt_BP.shape[1] < 1:
         raise ValueError(f"prompt must be [B, P] ids with P >= 1, got shape {tuple(prompt_BP.shape)}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not math.isfinite(temperature):
+        raise ValueError(f"temperature must be finite (<= 0: greedy), got {temperature}")
     model.eval()
     param = next(model.parameters())
     B, P = prompt_BP.shape
@@ -63,9 +132,9 @@ def generate(model: Transformer, prompt_BP: torch.Tensor, max_new_tokens: int, *
     return torch.cat(out, dim=1)
 
 
-def sample_text(model: Transformer, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8,
+def sample_text(model: Transformer, prompt: str | bytes, *, max_new_tokens: int = 200, temperature: float = 0.8,
                 top_k: int | None = 50, seed: int = 0) -> str:
-    """The continuation of `prompt` (without the prompt)."""
+    """The continuation of `prompt` (text or bytes; without the prompt)."""
     device = next(model.parameters()).device
     prompt_ids = torch.tensor([encode(prompt, start=True).tolist()], device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -76,16 +145,19 @@ def sample_text(model: Transformer, prompt: str, *, max_new_tokens: int = 200, t
 def main_sample(checkpoint, prompt: str, *, max_new_tokens: int, temperature: float, top_k: int | None, seed: int,
                 device: str | None = None, out=None, err=None) -> int:
     """`lighthouse sample`: prints the prompt and its continuation (to `out`, default stdout); notes go to `err`."""
-    from .trainer.build import load_trained
+    from .trainer.build import load_trained, resolve_device
 
     out, err = out or sys.stdout, err or sys.stderr
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_sampling(max_new_tokens, temperature, top_k, seed)
+    data = prompt_bytes(prompt)
+    dev = resolve_device(device or "auto", what="--device")
     trained = load_trained(checkpoint, dev, warn=lambda msg: print(f"warning: {msg}", file=err))
+    check_cache_fits(trained.model, len(data) + 1, max_new_tokens, trained.cfg.data.seq_len)
     note = f"{trained.ckpt}: step {trained.step}, dense attention with a KV cache"
     if trained.attention != "dense":
         note += f" (this checkpoint is from a {trained.attention} stage, before dense recovery)"
     print(note, file=err)
     trained.model.set_attention("dense")
-    text = sample_text(trained.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
-    print(prompt + text, file=out)
+    text = sample_text(trained.model, data, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    print(data.decode("utf-8", errors="replace") + text, file=out)
     return 0

@@ -20,15 +20,26 @@ from ..evals.bpb import evaluate
 from ..evals.leak import leak_meter, leak_spans
 from ..model import Transformer
 from .checkpoint import load_state, load_weights, resolve_checkpoint
-from .config import Config, ConfigError, config_from_dict
+from .config import Config, ConfigError, config_diff, config_from_dict, to_dict
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, what: str = "'training.device'") -> torch.device:
+    """The device `name` names ("auto": cuda when available, else cpu), checked to exist on this machine;
+    else a ConfigError that names `what` (the key or argument it came from)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{what} is {name!r}: not a device; use cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"'training.device' is {name!r} but CUDA is not available")
+        raise ConfigError(f"{what} is {name!r} but CUDA is not available on this machine; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{what} is {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{what} is {name!r} but MPS is not available on this machine; use cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{what} is {name!r}: use cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -109,6 +120,10 @@ def load_trained(path: str | Path, device: torch.device | str | None = None, *, 
     ckpt = resolve_checkpoint(path, warn) if warn else resolve_checkpoint(path)
     state = load_state(ckpt)
     cfg = config_from_dict(state["config"], overrides)
+    reshaped = config_diff(state["config"], {"model": to_dict(cfg.model)})
+    if reshaped:  # the weights fit one model only
+        keys = ", ".join(f"{key} ({old!r} in the checkpoint, {new!r} asked)" for key, old, new in reshaped)
+        raise ConfigError(f"--set {reshaped[0][0]}: a checkpoint's [model] cannot change: {keys}")
     step = int(state["step"])
     device = resolve_device(cfg.training.device) if device is None else device
     model = build_model(cfg, device)
