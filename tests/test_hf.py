@@ -11,6 +11,7 @@ Legend: B batch, N sequence length, V vocabulary.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -38,6 +39,7 @@ import lighthouse.integrations.hf as lh_module  # noqa: E402
 from lighthouse import LighthouseConfig, LighthouseConfigError, lighthouse_attention  # noqa: E402
 from lighthouse.cli import main as cli_main  # noqa: E402
 from lighthouse.integrations.export import (  # noqa: E402
+    EXPORT_FILES,
     byte_level_alphabet,
     export_model,
     hf_name,
@@ -393,6 +395,51 @@ def test_sample_cli(tiny_run, capsys):
         assert cli_main(args + ["--temperature", "1.0", "--top-k", "20", "--seed", seed]) == 0
         samples.append(capsys.readouterr().out)
     assert samples[0] == samples[1] != samples[2]  # the seed decides
+
+
+def test_export_writes_only_into_an_export_and_leaves_no_stale_weights(tiny_run, tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert cli_main(["export", str(tiny_run), str(out)]) == 0
+    for stale in ("model-00001-of-00002.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+        (out / stale).write_bytes(b"old")  # weights transformers saved over the export since
+    (out / "README.md").write_text("mine\n")
+    assert cli_main(["export", str(tiny_run), str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([*EXPORT_FILES, "README.md"])
+    AutoModelForCausalLM.from_pretrained(out)  # the new weights, no index pointing at old shards
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("mine\n")
+    for flags in ([], ["--overwrite"]):
+        assert cli_main(["export", str(tiny_run), str(other), *flags]) == 2
+        assert "holds files that are not a lighthouse export (a.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["a.txt"]
+
+
+def test_readme_hf_snippet_sees_what_lighthouse_sample_sees(tiny_run, tmp_path, capsys, monkeypatch):
+    """The README's two ways to sample start with the same context (the end-of-document id, then the
+    prompt's bytes), so greedy they print the same text."""
+    from transformers import LlamaForCausalLM
+
+    from lighthouse.tokenizer import encode
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r'^python -c "(.*AutoModelForCausalLM.*)"$', readme, re.M).group(1)
+    out = tmp_path / "hf"
+    assert cli_main(["export", str(tiny_run), str(out)]) == 0
+    capsys.readouterr()
+    seen, generate_ = [], LlamaForCausalLM.generate
+
+    def spy(self, input_ids, *args, **kwargs):
+        seen.append(input_ids[0].tolist())
+        return generate_(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "generate", spy)
+    exec(snippet.replace("'hf/demo'", repr(str(out))), {})
+    assert seen == [encode("def ", start=True).tolist()]  # what `lighthouse sample --prompt "def "` decodes from
+    from_hf = capsys.readouterr().out
+    assert cli_main(["sample", "--checkpoint", str(tiny_run), "--prompt", "def ", "--max-new-tokens", "40",
+                     "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == from_hf
 
 
 # ---- example and benchmark smoke tests -------------------------------------------------------------------

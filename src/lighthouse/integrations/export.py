@@ -16,6 +16,13 @@ w1 = gate, w3 = up, w2 = down, GQA), so the exported model computes the same fun
 with dense attention. The run's RoPE placement only matters for Lighthouse layers; it is kept
 in `config.lighthouse["rope"]` for continued pre-training with `lighthouse.hf`.
 
+Where it writes: a new or empty folder, or (with `overwrite`) a folder that already holds an
+export of ours, recognised by its config.json (a Llama of our byte vocabulary and special ids).
+The files are written into a hidden folder inside it first and moved into place once all are
+written, and an overwrite first removes the Hugging Face weight files the folder held
+(`WEIGHT_FILES`), so no stale shard is ever loaded with the new config; other files stay. A
+folder that is not an export is never written into.
+
 Tokenizer: the text API maps any text to its UTF-8 bytes (`tokenizer("é").input_ids == [195, 169]`)
 and back; the literal text "<eod>" stays bytes (`split_special_tokens`), only id 256 is the end
 of a document. Decoding ids that are not valid UTF-8 gives U+FFFD in text; `ids_to_bytes` (or
@@ -25,6 +32,8 @@ of a document. Decoding ids that are not valid UTF-8 gives U+FFFD in text; `ids_
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -56,8 +65,46 @@ SPECIAL_TOKENS = ["<eod>", "<pad>"] + [f"<reserved_{i}>" for i in range(PAD_ID +
 EOD_TOKEN, PAD_TOKEN = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1]
 
 
+# What an export writes, and the weight files of a Hugging Face folder (ours or saved over it by
+# transformers) that an overwrite removes.
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json")
+WEIGHT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json")
+TMP_PREFIX = ".export-"  # the hidden folder an export writes into before moving its files into place
+
+
 class ExportError(RuntimeError):
-    """The output folder cannot be written (it holds an export and --overwrite was not given)."""
+    """The output folder cannot be written (a file, another folder's contents, an export without --overwrite)."""
+
+
+def is_our_export(folder: str | Path) -> bool:
+    """The folder holds an export of ours: its config.json is a Llama of our byte vocabulary and special ids."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(config, dict) and (config.get("model_type"), config.get("vocab_size"), config.get("eos_token_id"),
+                                         config.get("pad_token_id")) == ("llama", VOCAB_SIZE, EOD_ID, PAD_ID)
+
+
+def check_export_target(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Raise ExportError unless `out_dir` may receive an export: new, empty, or (with overwrite) one of ours."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} is a file; an export is a folder: give a new folder's path")
+    if not out_dir.is_dir():
+        return out_dir
+    entries = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(TMP_PREFIX))  # a killed export's
+    if not entries:
+        return out_dir
+    if not is_our_export(out_dir):
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise ExportError(f"{out_dir} holds files that are not a lighthouse export ({shown}); export into a new or "
+                          "empty folder")
+    if not overwrite:
+        raise ExportError(f"{out_dir} already holds a model (config.json); pass --overwrite to replace it")
+    return out_dir
 
 
 def hf_name(name: str) -> str:
@@ -168,16 +215,30 @@ def save_byte_tokenizer(out_dir: str | Path, model_max_length: int) -> None:
 # ---- export ----------------------------------------------------------------------------------------
 def export_model(model: Transformer, out_dir: str | Path, *, max_position_embeddings: int,
                  dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
-    """Write `model` as a Hugging Face Llama folder (weights, config, byte-level tokenizer)."""
-    out_dir = Path(out_dir)
-    if (out_dir / "config.json").exists() and not overwrite:
-        raise ExportError(f"{out_dir} already holds a model (config.json); pass --overwrite to replace it")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = llama_config(model.args, max_position_embeddings, lighthouse_settings(model))
-    config.save_pretrained(out_dir)
-    GenerationConfig(bos_token_id=EOD_ID, eos_token_id=EOD_ID, pad_token_id=PAD_ID).save_pretrained(out_dir)
-    save_file(hf_state_dict(model, dtype), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    save_byte_tokenizer(out_dir, max_position_embeddings)
+    """Write `model` as a Hugging Face Llama folder (weights, config, byte-level tokenizer); see the module
+    docstring for where it may write and what an overwrite removes."""
+    out_dir = check_export_target(out_dir, overwrite)
+    tmp = out_dir / f"{TMP_PREFIX}{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # what a killed export of this pid left
+        tmp.mkdir()
+    except OSError as e:
+        raise ExportError(f"{out_dir}: cannot write there ({(e.strerror or str(e)).lower()}); choose a folder you "
+                          "can write") from None
+    try:
+        config = llama_config(model.args, max_position_embeddings, lighthouse_settings(model))
+        config.save_pretrained(tmp)
+        GenerationConfig(bos_token_id=EOD_ID, eos_token_id=EOD_ID, pad_token_id=PAD_ID).save_pretrained(tmp)
+        save_file(hf_state_dict(model, dtype), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_byte_tokenizer(tmp, max_position_embeddings)
+        for pattern in WEIGHT_FILES:  # an overwrite: no old shard or index may outlive the new weights
+            for stale in out_dir.glob(pattern):
+                stale.unlink()
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -186,6 +247,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: torch.dtype |
     """Export the newest good checkpoint of a run (or a checkpoint folder); returns (checkpoint, out_dir)."""
     from ..trainer.build import load_trained
 
+    check_export_target(out_dir, overwrite)  # before the checkpoint is read: a refusal costs nothing
     trained = load_trained(run_dir, "cpu", warn=warn)
     out = export_model(trained.model, out_dir, max_position_embeddings=trained.cfg.data.seq_len, dtype=dtype,
                        overwrite=overwrite)
