@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import signal
 import threading
 from dataclasses import dataclass
@@ -36,16 +35,16 @@ import torch
 
 from ..distributed.mesh import join_parallel, launched_world_size
 from .build import Evaluator, autocast_dtype, build_model, resolve_device
-from .checkpoint import CHECKPOINT_DIR, Checkpointer, RunLock, rng_state, set_rng_state
-from .config import Config, ConfigError, from_dict, resolve_parallel, to_dict, to_toml
+from .checkpoint import Checkpointer, RunLock, rng_state, saved_config, set_rng_state
+from .config import Config, ConfigError, load_config, resolve_parallel, to_dict, to_toml
 from .data import ByteData
-from .metrics import METRICS_FILE, stage_rows, truncate_metrics
+from .folders import RunDirError, RunExistsError, check_run_dir, clear_run, create_run_dir, mark_run
+from .metrics import read_metrics, stage_rows, truncate_metrics
 from .progress import TrainLog
+from .resume import ResumeError, ResumePoint, check_resume_config, find_resume_point
 from .stepper import Stepper, build_optimizer, lr_at
 
-
-class RunExistsError(RuntimeError):
-    pass
+__all__ = ["Interrupted", "ResumeError", "RunDirError", "RunExistsError", "RunResult", "Trainer", "train"]
 
 
 class Interrupted(RuntimeError):
@@ -66,22 +65,58 @@ class RunResult:
 
 # ---- the trainer ----------------------------------------------------------------------------
 class Trainer:
-    def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False, echo=print):
-        self.cfg, self.resume, self.overwrite, self.echo = cfg, resume, overwrite, echo
+    """weights_only: `--resume-weights-only`, a resume from the newest checkpoint whose weights verify (the
+    optimizer starts afresh); for a run whose checkpoints are damaged but for their weights."""
+
+    def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False, weights_only: bool = False,
+                 echo=print):
+        if overwrite and (resume or weights_only):
+            raise ValueError("resume and overwrite exclude each other")
+        self.cfg, self.resume, self.overwrite, self.echo = cfg, resume or weights_only, overwrite, echo
+        self.weights_only = weights_only
         self._stop_signal: int | None = None
 
     # -- setup --
+    def _warn(self, msg: str) -> None:
+        self.echo(f"[{self.cfg.name}] warning: {msg}")
+
+    def _open_run_dir(self) -> None:
+        """Before anything is written: the folder must be fit for what was asked (folders.py), then exist."""
+        check_run_dir(self.cfg.run_dir, resume=self.resume, overwrite=self.overwrite)
+        create_run_dir(self.cfg.run_dir)
+
     def _prepare_run_dir(self) -> None:
+        """Under the run lock: --overwrite clears the run's own files; else the folder is checked again."""
         run_dir = self.cfg.run_dir
         if self.overwrite:
-            for item in run_dir.iterdir():  # everything but the lock this trainer holds
-                if item.name != ".lock":
-                    shutil.rmtree(item) if item.is_dir() else item.unlink()
-        elif not self.resume and (self.checkpointer.any_exist() or (run_dir / METRICS_FILE).exists()):
-            raise RunExistsError(
-                f"{run_dir} already has {'checkpoints' if self.checkpointer.any_exist() else 'metrics'}; "
-                "pass --resume to continue it or --overwrite to start over (or choose another --set name=...)"
-            )
+            kept = clear_run(run_dir)
+            if kept:
+                self._warn(f"--overwrite kept {len(kept)} entries of {run_dir} that are not the run's: {', '.join(kept[:5])}")
+        else:
+            check_run_dir(run_dir, resume=self.resume)
+
+    def _find_start(self) -> ResumePoint | None:
+        """The checkpoint to continue (its settings compared with the config's), or None for a new run."""
+        if not self.resume:
+            return None
+        cfg = self.cfg
+        point = find_resume_point(cfg.run_dir, weights_only=self.weights_only, warn=self._warn)
+        if point is None:
+            self.echo(f"[{cfg.name}] nothing to resume in {cfg.run_dir}: starting the run")
+            return None
+        saved = saved_config(point.path) if not point.weights_only else self._last_config()
+        if saved is not None:
+            changed = check_resume_config(saved, cfg)
+            if changed:
+                self._warn(changed)
+        return point
+
+    def _last_config(self) -> dict | None:
+        """The config the run last started with (config.toml), when state.pt cannot say."""
+        try:
+            return to_dict(load_config(self.cfg.run_dir / "config.toml"))
+        except (ConfigError, OSError):
+            return None
 
     def _setup(self) -> None:
         cfg, t, par = self.cfg, self.cfg.training, self.parallel
@@ -96,14 +131,11 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        warn = lambda msg: self.echo(f"[{cfg.name}] warning: {msg}")  # noqa: E731
-        self.checkpointer = Checkpointer(cfg.run_dir, t.keep_checkpoints, par, warn=warn)
+        self.checkpointer = Checkpointer(cfg.run_dir, t.keep_checkpoints, par, warn=self._warn)
         # The run's files are rank 0's: it acts, the other ranks get its answer (or its error).
         par.on_main(self._prepare_run_dir)
-        ckpt = par.on_main(self.checkpointer.latest) if self.resume else None
-        if self.resume and ckpt is None:
-            self.echo(f"[{cfg.name}] no usable checkpoint in {cfg.run_dir / CHECKPOINT_DIR}; starting from scratch")
-        par.on_main(self._write_run_files, fresh=ckpt is None)
+        start = par.on_main(self._find_start)  # before config.toml is written: a refused resume changes nothing
+        par.on_main(self._write_run_files)
 
         torch.manual_seed(t.seed)
         random.seed(t.seed)
@@ -118,15 +150,22 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model, self.device)
         self.data = ByteData(cfg.data, t.seed)
         self.step, self.time_s = 0, 0.0
-        if ckpt is not None:
-            state = self.checkpointer.load(ckpt, self.model, self.optimizer, self.device)
-            self._check_resume_config(state["config"])
+        if start is not None and start.weights_only:
+            self.checkpointer.load_weights_only(start.path, self.model, self.device)
+            self.step = start.step
+            self.data.train.skip(self.step * t.batch_size)  # the windows those steps trained on
+            par.on_main(truncate_metrics, cfg.run_dir, self.step)
+            self.time_s = par.on_main(_time_at, cfg.run_dir, self.step)
+            self.echo(f"[{cfg.name}] resumed from the weights of {start.path} (step {self.step}/{cfg.total_steps}) "
+                      "with a fresh optimizer: the run will not repeat exactly")
+        elif start is not None:
+            state = self.checkpointer.load(start.path, self.model, self.optimizer, self.device)
             self.data.load_state_dict(state["data"])
             set_rng_state(state["rng"])
             self.step = int(state["step"])
             self.time_s = float(state["progress"]["time_s"])
             par.on_main(truncate_metrics, cfg.run_dir, self.step)
-            self.echo(f"[{cfg.name}] resumed from {ckpt} (step {self.step}/{cfg.total_steps})")
+            self.echo(f"[{cfg.name}] resumed from {start.path} (step {self.step}/{cfg.total_steps})")
         self.resumed_from = self.step
         forward = torch.compile(self.model) if t.compile else self.model
         if par.distributed:
@@ -141,18 +180,9 @@ class Trainer:
             self.evaluator = Evaluator(self.model, forward, self.data.val_windows(), cfg.micro_batch, self.device,
                                        self.amp_dtype)
 
-    def _write_run_files(self, fresh: bool) -> None:
-        if fresh and (self.cfg.run_dir / METRICS_FILE).exists():
-            (self.cfg.run_dir / METRICS_FILE).unlink()
+    def _write_run_files(self) -> None:
+        mark_run(self.cfg.run_dir)
         (self.cfg.run_dir / "config.toml").write_text(to_toml(self.cfg), encoding="utf-8")
-
-    def _check_resume_config(self, saved: dict) -> None:
-        old = from_dict(saved)
-        if to_dict(old.model) != to_dict(self.cfg.model):
-            raise ConfigError(f"--resume: [model] differs from the checkpoint's ({to_dict(old.model)})")
-        changed = [k for k in ("lighthouse", "data", "optim", "stages") if to_dict(old)[k] != to_dict(self.cfg)[k]]
-        if changed:
-            self.echo(f"[{self.cfg.name}] warning: resuming with changed {', '.join(changed)}; the run will not repeat exactly")
 
     # -- pieces of the loop --
     def _state(self) -> dict:
@@ -229,7 +259,6 @@ class Trainer:
     # -- the loop --
     def run(self, progress: bool | None = None) -> RunResult:
         cfg, t = self.cfg, self.cfg.training
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
         # One process, or a rank of a torchrun launch; [parallel] is checked against the launch first.
         device = resolve_device(t.device)
         world = launched_world_size()
@@ -239,6 +268,7 @@ class Trainer:
         self.parallel = join_parallel(dp, cp, device)
         if not self.parallel.is_main:
             self.echo = lambda *args, **kwargs: None  # rank 0 speaks for the run
+        self.parallel.on_main(self._open_run_dir)
         with self.parallel.on_main_held(lambda: RunLock(cfg.run_dir)):  # one trainer per run
             self._setup()
             total = cfg.total_steps
@@ -295,6 +325,12 @@ class Trainer:
                 self.log.restart_clock()  # evaluation and checkpoints are not training time
 
 
-def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool | None = None, echo=print) -> RunResult:
+def _time_at(run_dir: Path, step: int) -> float:
+    """Training seconds the run had spent by `step`, from its metrics (what state.pt would have said)."""
+    return max((r["time_s"] for r in read_metrics(run_dir) if r.get("step", 0) <= step and "time_s" in r), default=0.0)
+
+
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, weights_only: bool = False,
+          progress: bool | None = None, echo=print) -> RunResult:
     """Train `cfg` through all its stages; see `Trainer`."""
-    return Trainer(cfg, resume=resume, overwrite=overwrite, echo=echo).run(progress=progress)
+    return Trainer(cfg, resume=resume, overwrite=overwrite, weights_only=weights_only, echo=echo).run(progress=progress)

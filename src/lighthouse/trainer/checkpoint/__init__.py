@@ -96,10 +96,10 @@ class Checkpointer:
     """The checkpoints of one run: save every so often, find the newest good one, load it.
 
     `parallel`: the run's `ParallelState` (lighthouse/distributed/mesh.py). In a multi-process
-    run every rank calls `save` and `load` (they are collective: sharded.py); `latest` and
-    `any_exist` only read files (the trainer asks rank 0 and shares the answer). Without it,
-    or in a world of one, the checkpoints are those of one process (local.py), and `load`
-    reads either kind.
+    run every rank calls `save`, `load` and `load_weights_only` (they are collective: sharded.py);
+    which checkpoint to load is rank 0's choice (trainer/resume.py), shared with the others.
+    Without it, or in a world of one, the checkpoints are those of one process (local.py), and
+    `load` reads either kind.
     """
 
     def __init__(self, run_dir: str | Path, keep: int = 1, parallel=None, warn=log.warning):
@@ -112,13 +112,6 @@ class Checkpointer:
 
             return save_sharded_checkpoint(self.run_dir, step, model, optimizer, state, self.keep, self.parallel)
         return save_checkpoint(self.run_dir, step, model, {**state, "optimizer": optimizer.state_dict()}, self.keep)
-
-    def latest(self) -> Path | None:
-        """The newest checkpoint that verifies (damaged newer ones are reported and skipped)."""
-        return latest_good_checkpoint(self.run_dir, self.warn)
-
-    def any_exist(self) -> bool:
-        return bool(checkpoints_newest_first(self.run_dir))
 
     def load(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device) -> dict:
         """Weights into `model`, moments into `optimizer` (either kind of checkpoint); returns the rest of the state."""

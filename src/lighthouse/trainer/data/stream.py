@@ -148,6 +148,11 @@ class PackedWindows:
         self.windows += 1
         return np.concatenate(parts).astype(np.int64)
 
+    def skip(self, n: int) -> None:
+        """Move past `n` windows (a resume that knows how far the stream went but not where it stood)."""
+        for _ in range(n):
+            self.next_window()
+
     def next_batch(self, n: int) -> torch.Tensor:
         """[n, seq_len + 1] int64: inputs are [:, :-1], targets [:, 1:]."""
         return torch.from_numpy(np.stack([self.next_window() for _ in range(n)]))
