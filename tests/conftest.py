@@ -5,6 +5,7 @@
   before every test module. With a GPU the kernels run compiled.
 - Every test starts from a seed of its own (derived from its id), so its random inputs do not
   depend on which other tests ran before it.
+- `unwritable_dir`: a folder this process cannot write into, for the tests of one-line errors.
 """
 
 from __future__ import annotations
@@ -30,3 +31,26 @@ def seed_per_test(request):
     torch.manual_seed(seed)
     random.seed(seed)
     yield
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A folder this process cannot write into: a read-only one; for root, whom permissions do not stop, an
+    empty folder of sysfs (which refuses new entries to everyone). Skipped where there is neither."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    sysfs = Path("/sys/class")
+    for folder in sorted(sysfs.iterdir()) if sysfs.is_dir() else []:
+        if folder.is_dir() and not any(folder.iterdir()):
+            try:
+                (folder / "lighthouse-probe").mkdir()
+            except OSError:
+                yield folder
+                return
+            (folder / "lighthouse-probe").rmdir()
+    pytest.skip("no folder that root cannot write into")

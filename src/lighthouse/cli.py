@@ -7,6 +7,10 @@
     lighthouse plot runs/demo runs/demo-baseline -o plot.png
     lighthouse export runs/demo hf/demo                      # a Hugging Face Llama folder (needs .[hf])
     lighthouse sample --checkpoint runs/demo --prompt "def " # text, dense attention with a KV cache
+
+Every command checks its arguments before it starts work, and a bad argument, a missing or
+damaged file, a folder it may not write or delete, or a device that is not there is one line
+on stderr (`error: ...`, naming the argument and the way out) and exit status 2.
 """
 
 from __future__ import annotations
@@ -15,7 +19,28 @@ import argparse
 import logging
 import signal
 import sys
-from pathlib import Path
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (argparse prints the usage first), exit status 2 as before."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)  # a ValueError is argparse's "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as `path: reason` (its str is "[Errno 13] Permission denied: 'path'")."""
+    if e.filename is None:
+        return str(e)
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+    return f"{where}: {(e.strerror or str(e)).lower()}"
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -27,7 +52,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lighthouse", description="Two-stage Lighthouse Attention training.")
+    parser = OneLineParser(prog="lighthouse", description="Two-stage Lighthouse Attention training.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train the stages of a config (and, with --baseline, a dense baseline)")
@@ -36,8 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--baseline", action="store_true",
                    help="also train dense attention from scratch for the same steps into runs/<name>-baseline, then compare")
     t.add_argument("--baseline-only", action="store_true", help="train only the dense baseline")
-    t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="delete an existing run folder and start over")
+    start = t.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue from the run's newest checkpoint that verifies (a new run if there is none yet)")
+    start.add_argument("--resume-weights-only", action="store_true",
+                       help="continue from the newest checkpoint whose weights verify, with a fresh optimizer "
+                            "(when the rest of every checkpoint is damaged)")
+    start.add_argument("--overwrite", action="store_true",
+                       help="delete the run's files (checkpoints, metrics, config, plot) and start over; only in a "
+                            "folder that is a run")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--plot", metavar="PNG", help="where to write the comparison plot (default: runs/<name>/plot.png)")
@@ -46,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="a run folder (its latest checkpoint) or a checkpoint folder")
     e.add_argument("--attention", choices=("auto", "dense", "lighthouse"), default="auto",
                    help="attention of the non-dense layers (auto: that of the checkpoint's stage)")
-    e.add_argument("--windows", type=int, help="validation windows to score (default: the run's data.val_windows)")
+    e.add_argument("--windows", type=positive_int,
+                   help="validation windows to score (default: the run's data.val_windows)")
     e.add_argument("--task", choices=("bpb", "position", "passkey", "leak"), default="bpb",
                    help="bpb: validation bits-per-byte (default); position: bpb by position in the window; "
                         "passkey: pass key retrieval accuracy by length and depth; leak: how much the loss at t "
@@ -55,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passkey: prompt lengths in bytes, e.g. 1024,4096 or 1K,4K (default: data.seq_len)")
     e.add_argument("--depths",
                    help="passkey: where the key is hidden, fractions of the filler (default: 0,0.25,0.5,0.75,1)")
-    e.add_argument("--trials", type=int, default=5, help="passkey: prompts per length and depth (default: 5)")
+    e.add_argument("--trials", type=positive_int, default=5, help="passkey: prompts per length and depth (default: 5)")
     e.add_argument("--seed", type=int, default=0, help="passkey: seed of the pass keys (default: 0)")
-    e.add_argument("--positions", type=int, default=16, help="leak: positions t per window (default: 16)")
+    e.add_argument("--positions", type=positive_int, default=16, help="leak: positions t per window (default: 16)")
     e.add_argument("--out", metavar="DIR", help="position/passkey/leak: write <task>.json and <task>.png into DIR")
     _add_common(e)
 
@@ -84,13 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from .distributed.mesh import is_main_process, process_group_scope
+    from .trainer.build import resolve_device
     from .trainer.config import baseline_config, load_config
+    from .trainer.folders import check_run_dir
     from .trainer.loop import train
     from .trainer.metrics import compare_runs, format_comparison, format_table
-    from .trainer.plot import plot_runs
+    from .trainer.plot import check_plot_path, plot_runs
 
     overrides = list(args.overrides)
     if args.device:
+        resolve_device(args.device, what="--device")
         overrides.append(f"training.device={args.device!r}".replace("'", '"'))
     if args.compile:
         overrides.append("training.compile=true")
@@ -102,10 +138,15 @@ def cmd_train(args) -> int:
     runs = [] if args.baseline_only else [cfg]
     if args.baseline or args.baseline_only:
         runs.append(baseline_config(cfg))
+    resume = args.resume or args.resume_weights_only
+    for run_cfg in runs:  # every folder, the baseline's too, before the first is touched
+        check_run_dir(run_cfg.run_dir, resume=resume, overwrite=args.overwrite)
+    out = check_plot_path(args.plot, "--plot") if args.plot else cfg.run_dir / "plot.png"
     rows = []
     with process_group_scope():  # under torchrun the trainer joins one; left at the end
         for run_cfg in runs:
-            result = train(run_cfg, resume=args.resume, overwrite=args.overwrite)
+            result = train(run_cfg, resume=args.resume, overwrite=args.overwrite,
+                           weights_only=args.resume_weights_only)
             rows += result.rows
     if not is_main_process():
         return 0  # rank 0 prints the table and writes the plot
@@ -114,7 +155,6 @@ def cmd_train(args) -> int:
     if len(runs) == 2 and not args.baseline_only:
         print()
         print(format_comparison(compare_runs(runs[0].run_dir, runs[1].run_dir)))
-    out = Path(args.plot) if args.plot else cfg.run_dir / "plot.png"
     plot_runs([r.run_dir for r in runs], out)
     print(f"\nplot: {out}")
     return 0
@@ -125,14 +165,27 @@ def _warn(msg: str) -> None:
 
 
 def cmd_eval(args) -> int:
+    from .eval_tasks import parse_depths, parse_lengths
     from .evals.bpb import evaluate
-    from .trainer.build import autocast_dtype, load_trained
+    from .trainer.build import autocast_dtype, load_trained, resolve_device
+    from .trainer.config import ConfigError
     from .trainer.data import ByteData
+    from .trainer.folders import writable_folder
 
+    if args.lengths is not None:  # checked before the checkpoint is loaded
+        parse_lengths(args.lengths)
+    if args.depths is not None:
+        parse_depths(args.depths)
+    if args.out is not None:
+        if args.task == "bpb":
+            raise ConfigError("--out: --task bpb prints its one number and writes nothing; --out is for --task "
+                              "position, passkey or leak")
+        writable_folder(args.out, "--out")
     overrides = list(args.overrides)
     if args.device:
+        resolve_device(args.device, what="--device")
         overrides.append(f'training.device="{args.device}"')
-    if args.windows:
+    if args.windows is not None:
         overrides.append(f"data.val_windows={args.windows}")
     trained = load_trained(args.checkpoint, overrides=overrides, warn=_warn)
     model, cfg, step, ckpt, device = trained.model, trained.cfg, trained.step, trained.ckpt, trained.device
@@ -182,26 +235,35 @@ def cmd_sample(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .trainer.plot import plot_runs
+    from .trainer.plot import check_plot_path, plot_runs
 
-    out = plot_runs(args.runs, args.output)
+    out = plot_runs(args.runs, check_plot_path(args.output, "--output"))
     print(f"plot: {out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or an argument error argparse has printed (one line)
+        return e.code
+    from .sample import SampleError
     from .trainer.checkpoint import CheckpointError, RunLockedError
     from .trainer.config import ConfigError
     from .trainer.data import DataError
-    from .trainer.loop import Interrupted, RunExistsError
+    from .trainer.folders import RunDirError
+    from .trainer.loop import Interrupted
+    from .trainer.resume import ResumeError
 
     try:
         commands = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "export": cmd_export, "sample": cmd_sample}
         return commands[args.command](args)
-    except (ConfigError, DataError, RunExistsError, FileNotFoundError, CheckpointError, RunLockedError) as e:
+    except (ConfigError, DataError, RunDirError, ResumeError, CheckpointError, RunLockedError, SampleError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or folder that is missing, not writable, or not what was expected
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:
         print(f"\n{e}; continue with --resume", file=sys.stderr)

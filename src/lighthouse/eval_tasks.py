@@ -67,12 +67,14 @@ def run_task(
             raise ConfigError(f"--trials must be >= 1, got {trials}")
         lengths_n = parse_lengths(lengths) if lengths else [cfg.data.seq_len]
         depths_f = parse_depths(depths) if depths else list(DEFAULT_DEPTHS)
-        shortest = min_prompt_length()
-        if attention == "lighthouse":
-            shortest = max(shortest, cfg.lighthouse.min_seq_len)
+        shortest, why = min_prompt_length(), "the passkey prompt's fixed text (instructions, the key sentence and the " \
+            "question) with no filler"
+        lh = cfg.lighthouse
+        if attention == "lighthouse" and lh.min_seq_len > shortest:
+            shortest, why = lh.min_seq_len, (f"the Lighthouse minimum topk * pooling**(levels-1) = {lh.topk} * "
+                                             f"{lh.pooling}**{lh.levels - 1}; or pass --attention dense")
         if min(lengths_n) < shortest:
-            why = " (the Lighthouse minimum; or pass --attention dense)" if shortest > min_prompt_length() else ""
-            raise ConfigError(f"--lengths: {min(lengths_n)} is shorter than {shortest}{why}")
+            raise ConfigError(f"--lengths: {min(lengths_n)} is shorter than {shortest} bytes, {why}")
         cells = passkey_eval(model, lengths_n, depths_f, trials, seed, device, amp_dtype, micro_batch=cfg.micro_batch)
         result = {"task": task, "trials": trials, "seed": seed, "results": cells}
         echo(f"{title}: passkey retrieval accuracy, {trials} trials per cell (seed {seed})")

@@ -26,6 +26,9 @@ import statistics
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
+# The fields a record of each kind must have to be read back (a line of another program's file is skipped).
+REQUIRED_FIELDS = {"train": ("step", "tokens", "time_s", "loss"), "eval": ("step", "tokens", "time_s", "val_bpb"),
+                   "stage_end": ("step", "tokens", "time_s"), "leak": ("step", "spans")}
 
 
 class MetricsWriter:
@@ -58,17 +61,20 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All records of a run (a truncated last line, from a kill mid-write, is ignored)."""
+    """All records of a run (a truncated last line, from a kill mid-write, and lines that are not records
+    of ours, without the fields of their kind, are ignored)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
     records = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(record, dict) and all(k in record for k in REQUIRED_FIELDS.get(record.get("kind"), ())):
+                records.append(record)
     return records
 
 

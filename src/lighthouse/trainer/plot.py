@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .metrics import dense_bpb_curve, read_metrics
+from .metrics import METRICS_FILE, dense_bpb_curve, read_metrics
 
 
 def _smooth(values: list[float], weight: float) -> list[float]:
@@ -21,6 +21,22 @@ def _smooth(values: list[float], weight: float) -> list[float]:
         avg = v if avg is None else weight * avg + (1 - weight) * v
         out.append(avg)
     return out
+
+
+def check_plot_path(out: str | Path, what: str) -> Path:
+    """`out` when matplotlib can write its format and its folder is writable; else a one-line RunDirError."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from .folders import RunDirError, writable_file
+
+    out = Path(out)
+    if out.is_dir():
+        raise RunDirError(f"{what} {out}: is a folder; give a file name, e.g. {out / 'plot.png'}")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lower().lstrip(".") not in formats:
+        raise RunDirError(f"{what} {out}: the name must end in an image format matplotlib writes "
+                          f"({', '.join('.' + f for f in sorted(formats))}), e.g. plot.png")
+    return writable_file(out, what)
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path, smooth: float = 0.8) -> Path:
@@ -36,7 +52,8 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, smooth: float = 0.8) 
         run_dir = Path(run_dir)
         records = read_metrics(run_dir)
         if not records:
-            raise FileNotFoundError(f"no metrics in {run_dir} (expected {run_dir / 'metrics.jsonl'})")
+            what = "holds no records of a lighthouse run" if (run_dir / METRICS_FILE).is_file() else "is missing"
+            raise FileNotFoundError(f"no metrics in {run_dir}: {run_dir / METRICS_FILE} {what}")
         color = f"C{i}"
         train = [r for r in records if r.get("kind") == "train"]
         curve = dense_bpb_curve(run_dir)
