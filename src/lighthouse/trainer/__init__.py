@@ -6,6 +6,8 @@
     loop.py        the training loop (stages, evaluation and checkpoint cadence, signals)
     stepper.py     one optimizer step: schedule, accumulation, clipping, AdamW (no host sync)
     checkpoint/    atomic, verified safetensors + state checkpoints (one process or sharded); the run lock
+    folders.py     what marks a run folder, what --overwrite may delete, output folders checked up front
+    resume.py      what --resume continues from, which changed settings it accepts
     parallel.py    the parts of a multi-process run: sharded model, stepper, evaluator
     progress.py    metrics and the progress bar, read back once per log interval
     metrics.py     metrics.jsonl and the summary table
