@@ -17,6 +17,10 @@ import signal
 import sys
 from pathlib import Path
 
+from .cpu_threads import prefer_passive_waits
+
+prefer_passive_waits()  # before anything loads torch (see cpu_threads.py)
+
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
