@@ -261,7 +261,8 @@ class Trainer:
             show = t.progress if progress is None else progress
             self.log = TrainLog(cfg.name, cfg.run_dir, total, self.step, show, self.echo,
                                 reduce=self.parallel.mean if self.parallel.distributed else None,
-                                main=self.parallel.is_main)
+                                main=self.parallel.is_main,
+                                gather=self.parallel.all_gather_object if self.parallel.distributed else None)
             try:
                 with self._signals():
                     self._loop(total)
