@@ -215,16 +215,15 @@ def test_resume_on_one_and_four_ranks_and_from_one_process(runs):
     assert verify_checkpoint(latest_checkpoint(runs_dir / "to1")).get("format") is None  # one process writes its own
 
 
-def test_killed_rank_is_resumed_exactly(runs):
-    tmp, config = runs["tmp"], runs["config"]
-    run_dir = tmp / "runs" / "killed"
+def kill_rank_1_after_a_checkpoint(config: Path, name: str, run_dir: Path) -> str:
+    """Launch 2 ranks, SIGKILL rank 1 once a checkpoint of step >= 2 exists; the launch's output."""
     pointer = run_dir / "checkpoints" / "latest"
-    with launched(2, config, "--set", 'name="killed"') as (proc, tag):
+    with launched(2, config, "--set", f'name="{name}"') as (proc, tag):
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S
         killed = False
         while time.monotonic() < deadline and proc.poll() is None and not killed:
-            name = pointer.read_text().strip() if pointer.is_file() else ""
-            rank_1 = tagged_pids(tag, rank=1) if name and int(name.split("-")[1]) >= 2 else []
+            ckpt = pointer.read_text().strip() if pointer.is_file() else ""
+            rank_1 = tagged_pids(tag, rank=1) if ckpt and int(ckpt.split("-")[1]) >= 2 else []
             if rank_1:
                 os.kill(rank_1[0], signal.SIGKILL)
                 killed = True
@@ -237,9 +236,15 @@ def test_killed_rank_is_resumed_exactly(runs):
                 break
             time.sleep(0.1)
         assert not tagged_pids(tag)
-
     ckpt = latest_good_checkpoint(run_dir)
     assert ckpt is not None and 2 <= int(ckpt.name.split("-")[1]) < sum(STEPS), out
+    return out
+
+
+def test_killed_rank_is_resumed_exactly(runs):
+    tmp, config = runs["tmp"], runs["config"]
+    run_dir = tmp / "runs" / "killed"
+    kill_rank_1_after_a_checkpoint(config, "killed", run_dir)
     out = launch(2, config, "--set", 'name="killed"', "--resume")
     assert "resumed from" in out
     assert losses(run_dir) == losses(runs["two"])  # same ranks, same sums: bitwise
@@ -278,6 +283,8 @@ class ChunkedReference(nn.Module):
 
 
 def test_context_parallel_matches_its_single_process_decomposition(tmp_path, monkeypatch):
+    """cp=2 through the stage switch, the stage-end evaluations (with Lighthouse and dense), a rank
+    killed and the run resumed; every rank's peak host memory is in the metrics."""
     cp_sizes = ["data.seq_len=1024", "lighthouse.topk=512", "training.batch_size=2", "training.eval_every=0"]
     config = write_config(tmp_path, "cp", *cp_sizes, "parallel.cp=2")
     plain_builder = Transformer.attention_builder
@@ -294,6 +301,16 @@ def test_context_parallel_matches_its_single_process_decomposition(tmp_path, mon
     ends = [[r["val_bpb"], r["val_bpb_dense"]] for name in ("reference", "cp")
             for r in read_metrics(tmp_path / "runs" / name) if r["kind"] == "stage_end"]
     assert ends[2:] == [pytest.approx(e, rel=RTOL) for e in ends[:2]]
+    for r in train_records(tmp_path / "runs" / "cp"):
+        assert len(r["host_peak_gib"]) == 2 and all(0.05 < gib < 64 for gib in r["host_peak_gib"])
+
+    killed = tmp_path / "runs" / "cp-killed"
+    kill_rank_1_after_a_checkpoint(config, "cp-killed", killed)
+    out = launch(2, config, "--set", 'name="cp-killed"', "--resume")
+    assert "resumed from" in out
+    assert losses(killed) == got  # same ranks, same sums: bitwise
+    ends_killed = [[r["val_bpb"], r["val_bpb_dense"]] for r in read_metrics(killed) if r["kind"] == "stage_end"]
+    assert ends_killed == ends[2:]
 
 
 def test_killed_save_leaves_the_last_checkpoint(tmp_path, monkeypatch):
@@ -353,7 +370,8 @@ def test_context_parallel_bench_pairs_lighthouse_and_dense(tmp_path):
     out = tmp_path / "cp.json"
     for kind in ("lighthouse", "dense"):
         with launched_module(2, "lighthouse.bench", "cp", "--config", str(REPO / "configs" / "demo.toml"),
-                             "--set", "lighthouse.topk=512", "--seq-len", "4K", "--attention", kind,
+                             "--set", "lighthouse.topk=512", "--set", "lighthouse.pooling=2", "--seq-len", "4K",
+                             "--attention", kind,
                              "--steps", "2", "--warmup", "1", "--out", str(out)) as (proc, _):
             text, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
         assert proc.returncode == 0, text

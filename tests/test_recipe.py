@@ -25,7 +25,9 @@ def run_recipe(out: Path) -> str:
            "--position-windows", "2", "--deadline", "600",
            "--set", "stages.0.steps=8", "--set", "stages.1.steps=8", "--set", "training.eval_every=4",
            "--set", "training.checkpoint_every=8", "--set", "data.val_windows=2", "--set", "training.batch_size=1",
-           "--set", "training.log_every=2", "--set", "data.seq_len=512", "--set", "training.threads=1"]
+           "--set", "training.log_every=2", "--set", "data.seq_len=512", "--set", "lighthouse.pooling=2",
+           "--set", "training.threads=1", "--set", "data.max_bytes=4000000",
+           "--set", "training.leak_every=0"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout

@@ -108,7 +108,7 @@ def test_baseline_config():
         ("[[stages]]\nattention = \"dense\"\nsteps = 0\n", r"'stages.0.steps' must be >= 1"),
         ("[[stages]]\nattention = \"dense\"\nstep = 3\n", r"unknown key 'stages.0.step'"),
         ("stages = []\n", r"'stages' must list at least one stage"),
-        ("[data]\nseq_len = 256\n", r"'data.seq_len' = 256 is shorter than the Lighthouse minimum .* = 512"),
+        ("[data]\nseq_len = 1024\n", r"'data.seq_len' = 1024 is shorter than the Lighthouse minimum .* = 2048"),
         ("[lighthouse]\ntopk = 100\n", r"'lighthouse.topk': topk must be a positive multiple of 128"),
         ("[lighthouse]\npooling = 3\n", r"'lighthouse.pooling': pooling must be a power of two"),
         ("[model]\nn_kv_heads = 3\n", r"model.n_heads \(4\) must be a multiple of model.n_kv_heads \(3\)"),

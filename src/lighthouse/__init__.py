@@ -1,26 +1,40 @@
-"""Lighthouse Attention: selection-based hierarchical attention for long-context pre-training."""
+"""Lighthouse Attention: selection-based hierarchical attention for long-context pre-training.
 
-from .attention import dense_causal_attention, lighthouse_attention
-from .config import TILE_WIDTH, LighthouseConfig, LighthouseConfigError
-from .layers import DenseAttention, LighthouseAttention
-from .rope import rope_tables
-from .scorers import DilatedScorer, GLAScorer, NormScorer, Scorer, available_scorers, get_scorer, register_scorer
+The public names below are imported on first use (PEP 562), so that `import lighthouse` does
+not load torch by itself: the `lighthouse` command sets the CPU threads' wait policy first
+(`lighthouse.cpu_threads`), which OpenMP reads only when torch loads.
+"""
 
-__all__ = [
-    "lighthouse_attention",
-    "dense_causal_attention",
-    "LighthouseAttention",
-    "LighthouseConfig",
-    "LighthouseConfigError",
-    "DenseAttention",
-    "TILE_WIDTH",
-    "Scorer",
-    "NormScorer",
-    "DilatedScorer",
-    "GLAScorer",
-    "register_scorer",
-    "get_scorer",
-    "available_scorers",
-    "rope_tables",
-]
+import importlib
+
+_EXPORTS = {
+    "lighthouse_attention": "attention",
+    "dense_causal_attention": "attention",
+    "LighthouseAttention": "layers",
+    "LighthouseConfig": "config",
+    "LighthouseConfigError": "config",
+    "DenseAttention": "layers",
+    "TILE_WIDTH": "config",
+    "Scorer": "scorers",
+    "NormScorer": "scorers",
+    "DilatedScorer": "scorers",
+    "GLAScorer": "scorers",
+    "register_scorer": "scorers",
+    "get_scorer": "scorers",
+    "available_scorers": "scorers",
+    "rope_tables": "rope",
+}
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lighthouse' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -20,6 +20,10 @@ import logging
 import signal
 import sys
 
+from .cpu_threads import prefer_passive_waits
+
+prefer_passive_waits()  # before anything loads torch (see cpu_threads.py)
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse with its errors on one line (argparse prints the usage first), exit status 2 as before."""

@@ -50,9 +50,9 @@ class DataConfig:
     paths: list[str] = field(default_factory=list)  # files, directories or glob patterns
     text_field: str = "text"  # the field (JSONL) or column (Parquet) holding a document
     max_bytes: int = 0  # read at most this many bytes of files (by size, in path order); 0: all
-    seq_len: int = 1024  # tokens per training window
+    seq_len: int = 4096  # tokens per training window
     val_fraction: float = 0.05  # share of documents held out for validation (by hash of name)
-    val_windows: int = 16  # validation windows evaluated each time
+    val_windows: int = 8  # validation windows evaluated each time
     # One document is a "file", the files of a "folder", or those of a top-level "package" (a
     # folder under a root); "auto": "package" for source = "site-packages", else "file".
     document: str = "auto"
@@ -68,7 +68,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.1
     eps: float = 1e-8
-    warmup_steps: int = 20
+    warmup_steps: int = 16
     schedule: str = "cosine"  # after warm-up, over the total steps of all stages
     min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
@@ -76,7 +76,7 @@ class OptimConfig:
 
 @dataclass
 class TrainingConfig:
-    batch_size: int = 4  # global batch, in sequences
+    batch_size: int = 1  # global batch, in sequences
     micro_batch_size: int = 0  # sequences per forward/backward on each rank; 0: batch_size / parallel.dp
     seed: int = 0
     device: str = "auto"  # auto: cuda when available, else cpu
@@ -86,7 +86,7 @@ class TrainingConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms (CPU runs are bitwise repeatable)
     threads: int = 0  # torch CPU threads; 0: torch's default
     log_every: int = 10  # steps between metrics lines (the only places the loss is read back from the GPU)
-    eval_every: int = 50  # steps between validation evaluations (and at each stage end); 0: stage ends only
+    eval_every: int = 24  # steps between validation evaluations (and at each stage end); 0: stage ends only
     # The leak meter (lighthouse.evals.leak) at every leak_every-th evaluation of a Lighthouse stage
     # and at its end, on 2 validation windows x leak_positions positions; 0: off. One process only.
     leak_every: int = 2
@@ -114,15 +114,16 @@ class StageConfig:
 class Config:
     name: str = "demo"
     out_dir: str = "runs"
-    model: ModelArgs = field(default_factory=ModelArgs)
-    # The demo preset's sizes (a 1,024-token window); LighthouseConfig's own defaults are the paper's.
-    lighthouse: LighthouseConfig = field(default_factory=lambda: LighthouseConfig(pooling=2, topk=128))
+    # The demo preset (configs/demo.toml): a 4,096-token window, layer 0 dense. ModelArgs's and
+    # LighthouseConfig's own defaults are the library's (the paper's L, p, K).
+    model: ModelArgs = field(default_factory=lambda: ModelArgs(dense_layers=[0]))
+    lighthouse: LighthouseConfig = field(default_factory=lambda: LighthouseConfig(pooling=4, topk=128))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     stages: list[StageConfig] = field(
-        default_factory=lambda: [StageConfig("lighthouse", 100), StageConfig("dense", 50)]
+        default_factory=lambda: [StageConfig("lighthouse", 90), StageConfig("dense", 54)]
     )
 
     @property

@@ -3,8 +3,9 @@ installed), and the end-of-run summary table.
 
 Record kinds (field "kind"):
   train      step, stage, attention, tokens, loss (nats/token, mean since the previous record), lr,
-             grad_norm, time_s, tok_per_s, and on CUDA peak_gib (rank 0's peak allocated memory
-             since the previous record)
+             grad_norm, time_s, tok_per_s, host_peak_gib (the peak resident host memory so far;
+             a list with one entry per rank in a multi-process run), and on CUDA peak_gib (rank 0's
+             peak allocated memory since the previous record; every rank's in peak_gib_ranks)
   eval       step, stage, attention, tokens, val_bpb, val_loss (with the stage's attention),
              val_bpb_dense (the same weights with dense attention everywhere: what compares
              models; equal to val_bpb in a dense stage), time_s
@@ -156,7 +157,7 @@ def compare_runs(recipe_dir: str | Path, baseline_dir: str | Path) -> dict:
         return {}
     curve, base_curve = dense_bpb_curve(recipe_dir), dense_bpb_curve(baseline_dir)
     time_s, tokens = rows[-1]["total_time_s"], sum(r["tokens"] for r in rows)
-    median = lambda r: statistics.median(r["step_rates"][1:] or r["step_rates"]) if r["step_rates"] else None  # noqa: E731
+    median = lambda r: statistics.median(r["step_rates"]) if r["step_rates"] else None  # noqa: E731  (as in the table)
     lh = [median(r) for r in rows if r["attention"] == "lighthouse"]
     dense = [median(r) for r in rows + base_rows if r["attention"] == "dense"]
     return {

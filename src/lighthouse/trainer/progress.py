@@ -6,13 +6,15 @@ loop), writes one `train` record to metrics.jsonl, checks them for NaN/Inf and u
 progress bar. Time is measured from flush to flush, so on a GPU it includes the queued work.
 
 In a multi-process run every rank keeps a TrainLog: `reduce` averages the losses over the
-ranks at each flush (the only collective here), and only the main rank writes metrics and
-shows the bar.
+ranks at each flush, `gather` collects every rank's peak memory (host, and GPU on CUDA) into
+the record, and only the main rank writes metrics and shows the bar. A rank that dies of its
+host memory leaves no Python error; the per-rank peaks in metrics.jsonl say how close each was.
 """
 
 from __future__ import annotations
 
 import math
+import resource
 import time
 
 import torch
@@ -22,7 +24,7 @@ from .metrics import MetricsWriter
 
 class TrainLog:
     def __init__(self, name: str, run_dir, total_steps: int, initial_step: int, show: bool, echo=print,
-                 reduce=None, main: bool = True):
+                 reduce=None, main: bool = True, gather=None):
         from tqdm.auto import tqdm
 
         self.name = name
@@ -32,6 +34,7 @@ class TrainLog:
                         dynamic_ncols=True)
         self.write = self.bar.write if show else echo
         self._reduce = reduce  # losses of all ranks -> their mean (None: one process)
+        self._gather = gather  # one value per rank -> the list over ranks (None: one process)
         self._losses: list[torch.Tensor] = []
         self._grad_norm: torch.Tensor | None = None
         self._tok_s_ema: float | None = None
@@ -71,9 +74,17 @@ class TrainLog:
         self._tok_s_ema = tok_s if self._tok_s_ema is None else 0.9 * self._tok_s_ema + 0.1 * tok_s
         time_s += dt
         extra = {}
+        peaks = {"host_peak_gib": host_peak_gib()}  # the process's peak resident memory so far
         if torch.cuda.is_available():  # this process's peak since the last flush (a host-side counter: no sync)
-            extra["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            peaks["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
+        if self._gather is not None:  # one entry per rank
+            per_rank = self._gather(peaks)
+            extra = {key: [p[key] for p in per_rank] for key in peaks}
+            if "peak_gib" in extra:
+                extra["peak_gib"], extra["peak_gib_ranks"] = extra["peak_gib"][0], extra["peak_gib"]
+        else:
+            extra = peaks
         self.record({"kind": "train", **record, "loss": loss, "grad_norm": grad_norm, "time_s": time_s,
                      "tok_per_s": tok_s, **extra})
         self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{self._tok_s_ema:,.0f}",
@@ -89,3 +100,11 @@ class TrainLog:
         self.bar.close()
         if self.metrics is not None:
             self.metrics.close()
+
+
+def host_peak_gib() -> float:
+    """This process's peak resident set size in GiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import sys
+
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
