@@ -65,15 +65,23 @@ def cache_bytes(model: Transformer, positions: int, batch: int = 1) -> int:
 
 
 def free_memory(device: torch.device) -> int | None:
-    """Bytes free on `device` (None when the platform does not say)."""
+    """Bytes that `device` can still allocate (None when the platform does not say). On Linux CPUs that is
+    MemAvailable, which counts the page cache the kernel would give back, not only the free pages."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu":
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    return None
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_cache_fits(model: Transformer, prompt_len: int, max_new_tokens: int, trained_len: int | None = None) -> None:
@@ -84,7 +92,7 @@ def check_cache_fits(model: Transformer, prompt_len: int, max_new_tokens: int, t
         trained = f"; the model trained on windows of {trained_len:,} bytes" if trained_len else ""
         raise SampleError(
             f"--max-new-tokens {max_new_tokens:,}: the KV cache would take {need / 2**30:,.1f} GiB, more than the "
-            f"{free / 2**30:,.1f} GiB free on {device}; lower it{trained}"
+            f"{free / 2**30:,.1f} GiB available on {device}; lower it{trained}"
         )
 
 
