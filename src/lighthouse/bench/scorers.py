@@ -22,7 +22,7 @@ from ..attention import dense_causal_attention, lighthouse_attention
 from ..config import LighthouseConfig
 from ..gla import fla_available, gla_log_gates, make_gate_projection
 from ..scorers import DilatedScorer, GLAScorer, NormScorer
-from .timing import K1, peak_memory, run_info, timed_or_oom, write_result
+from .timing import K1, length_label, peak_memory, run_info, timed_or_oom, write_result
 
 SCORER_LENGTHS = [32 * K1, 128 * K1, 512 * K1]
 
@@ -97,10 +97,6 @@ def _bench_scorers_at(N, scorers, settings, device, dtype, budget_s, backward=Tr
                     q, k, v, device, budget_s)
     result["dense_fwd"] = timed_or_oom(lambda: dense_causal_attention(q, k, v), device, budget_s)
     return result
-
-
-def length_label(N: int) -> str:
-    return f"{N // K1}K" if N % K1 == 0 else str(N)
 
 
 def _format_scorer_row(row) -> str:
