@@ -21,17 +21,19 @@ from lighthouse.trainer.precision import MasterWeights
 
 N = 256
 SMALL = dict(dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden=64, dense_layers=[0])
+# The Triton kernels run compiled on a GPU, else under the interpreter on CPU (tests/conftest.py).
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def make(backend="auto", **kw):
+def make(backend="auto", device="cpu", **kw):
     torch.manual_seed(0)
     model = Transformer(ModelArgs(**{**SMALL, **kw}), LighthouseConfig(levels=2, pooling=2, topk=128, backend=backend))
     model.set_attention("lighthouse")
-    return model
+    return model.to(device)
 
 
-def tokens(B=2, n=N, seed=1):
-    return torch.randint(0, VOCAB_SIZE, (B, n + 1), generator=torch.Generator().manual_seed(seed))
+def tokens(B=2, n=N, seed=1, device="cpu"):
+    return torch.randint(0, VOCAB_SIZE, (B, n + 1), generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def loss_and_grads(model, ids_BN1, **options):
@@ -56,9 +58,11 @@ def assert_same(a, b, exact=True):
 @pytest.mark.parametrize("policy,backend", [("block", "reference"), ("selective", "reference"), (True, "reference"),
                                             ("selective", "triton")])  # the fast path's custom ops under the policy
 def test_policies_change_no_loss_or_gradient(policy, backend):
-    model, ids = make(backend), tokens(B=1 if backend == "triton" else 2)
+    device = KERNEL_DEVICE if backend == "triton" else "cpu"
+    model, ids = make(backend, device), tokens(B=1 if backend == "triton" else 2, device=device)
     plain = loss_and_grads(model, ids)
-    assert_same(plain, loss_and_grads(model, ids, activation_checkpointing=policy))
+    # SDPA's backward on CUDA accumulates with atomics: repeats differ by rounding there.
+    assert_same(plain, loss_and_grads(model, ids, activation_checkpointing=policy), exact=device == "cpu")
 
 
 class SavedOps(TorchDispatchMode):
