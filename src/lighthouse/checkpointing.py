@@ -1,7 +1,7 @@
 """Activation memory of training: what each block keeps for the backward pass, and where.
 
 At long context the activations are the memory: the paper's 30-layer shape at N = 1M keeps
-about 40 GiB per block (bf16 autocast), so a step needs recomputation, and the block inputs
+some 40 GiB per block (an estimate, bf16 autocast), so a step needs recomputation, and the block inputs
 that recomputation keeps (one [B, N, E] tensor per block, 4 GiB at 1M in float32) may need
 host memory too. Everything here is PyTorch's own machinery, chosen per block:
 
@@ -11,8 +11,9 @@ host memory too. Everything here is PyTorch's own machinery, chosen per block:
                        (`torch.utils.checkpoint`): about a third more compute.
     "selective"        as "block", but keep the outputs of the attention kernels (SDPA) instead
                        of recomputing them (selective activation checkpointing,
-                       `create_selective_checkpoint_contexts`): one [B, H, N, D] output and its
-                       log-sum-exp per layer, and a dense layer's quadratic forward is not run twice.
+                       `create_selective_checkpoint_contexts`): one output and its log-sum-exp
+                       per layer ([B, H, N, D] in a dense layer, [B, H, S, D] in a Lighthouse
+                       one), and a dense layer's quadratic forward is not run twice.
 
   (Recomputing only the feed-forward half would keep the attention half's activations, about
   20 GiB per block at 1M: it does not fit where recomputation is needed, so it is not offered.)
@@ -25,7 +26,7 @@ host memory too. Everything here is PyTorch's own machinery, chosen per block:
 
 `run_block` applies a policy to one `model.Block`; `model.Transformer.forward` calls it for every block.
 
-Legend: B batch, N sequence length, E model dim, H heads, D head dim.
+Legend: B batch, N sequence length, S Lighthouse sub-sequence length, E model dim, H heads, D head dim.
 """
 
 from __future__ import annotations
