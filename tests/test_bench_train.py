@@ -26,3 +26,56 @@ def test_table_states_the_crossover_and_memory_failures():
     assert "Crossover: Lighthouse is faster from N = 32K on." in text
     assert "| 64K |" in text and "| OOM |" in text and "out of memory" in text
     assert text.index("| 16K |") < text.index("| 32K |") < text.index("| 64K |")
+
+
+def test_step_options_are_checked():
+    import pytest
+
+    from lighthouse.bench.train import StepOptions
+
+    assert StepOptions().policies() == ["none", "block"] and StepOptions("selective").policies() == ["selective"]
+    for bad in (dict(checkpointing="mlp"), dict(param_dtype="float16"), dict(offload_layers=2),
+                dict(checkpointing="selective", offload_layers=1), dict(loss_chunk=-1)):
+        with pytest.raises(ValueError):
+            StepOptions(**bad)
+
+
+TINY = """
+name = "tiny"
+[model]
+dim = 32
+n_layers = 3
+n_heads = 2
+n_kv_heads = 1
+ffn_hidden = 64
+dense_layers = [0]
+[lighthouse]
+levels = 2
+pooling = 2
+topk = 128
+"""
+
+
+def test_bench_train_runs_the_memory_options_on_cpu(tmp_path, capsys):
+    """The 1M-token command's plumbing at toy size: every option reaches the step, rows and JSON record it."""
+    import json
+
+    from lighthouse.bench import main
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY, encoding="utf-8")
+    out = tmp_path / "train.json"
+    base = ["train", "--config", str(config), "--device", "cpu", "--seq-lens", "256", "--steps", "1", "--warmup", "1"]
+    argv = base + ["--attention", "lighthouse", "--set", "model.dense_layers=[]", "--checkpointing", "block",
+                   "--offload-layers", "2", "--loss-chunk", "100", "--param-dtype", "bfloat16", "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["attention"] == "lighthouse" and row["N"] == 256 and row["tok_s"] > 0
+    assert (row["checkpointing"], row["offload_layers"], row["loss_chunk"], row["param_dtype"]) == ("block", 2, 100, "bfloat16")
+    assert result["dense_layers"] == [] and result["options"]["param_dtype"] == "bfloat16"
+    text = capsys.readouterr().out
+    assert "Lighthouse in every layer" in text and "loss in chunks of 100" in text and "| 256 |" in text
+    assert main(base + ["--checkpointing", "selective", "--attention", "dense"]) == 0
+    assert "checkpointing selective" in capsys.readouterr().out
+    assert main(base + ["--checkpointing", "selective", "--offload-layers", "1"]) == 2  # offload needs "block"

@@ -252,7 +252,7 @@ def test_coarsest_span_longer_than_a_block(monkeypatch):
     monkeypatch.setattr(KS, "INTERPRET_ROWS", 4)
     gen, seed = fresh_generator()
     cfg = LighthouseConfig(4, 2, 128)  # coarsest span 8 > 4
-    q, k, v = rand_qkv(1, 2, 2, 1030, 8, gen=gen)
+    q, k, v = rand_qkv(1, 1, 1, 1030, 8, gen=gen)  # one head: the interpreter runs many small programs here
     plan, _ = FP.fast_selection(q, k, v, cfg)
     assert torch.equal(plan.index_BHS.long(), R.compute_selection(q, k, v, cfg).index_BHS), f"seed {seed}"
     out = fast(q, k, v, cfg)

@@ -10,7 +10,7 @@ Layers, lowest first (docs/design.md, "Layout"). A module may import its own lay
 ones below, never one above:
 
     core        the attention function and the model: config, scorers, gla, rope, reference,
-                kernels, attention, layers, model, tokenizer (and the package root)
+                kernels, attention, layers, model, tokenizer, checkpointing, loss (and the package root)
     parts       what is built on the model: distributed, evals, integrations.hf
     trainer     the trainer
     tools       integrations.export, sample, eval_tasks, bench, demo
@@ -29,7 +29,7 @@ import lighthouse
 PACKAGE = "lighthouse"
 LAYERS = [
     ("core", ["lighthouse", "config", "scorers", "gla", "rope", "reference", "kernels", "attention", "layers", "model",
-              "tokenizer", "cpu_threads"]),
+              "tokenizer", "cpu_threads", "checkpointing", "loss"]),
     ("parts", ["distributed", "evals", "integrations", "integrations.hf"]),
     ("trainer", ["trainer"]),
     ("tools", ["integrations.export", "sample", "eval_tasks", "bench", "demo"]),

@@ -76,3 +76,14 @@ def test_table_puts_dense_bpb_first_and_lighthouse_bpb_as_a_diagnostic(runs):
 def test_plot_shows_dense_evaluations(runs, tmp_path):
     out = plot_runs(list(runs), tmp_path / "plot.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_comparison_says_why_there_is_no_equal_wall_clock_point(runs, tmp_path):
+    recipe, _ = runs
+    fast_base = tmp_path / "fast-baseline"
+    write(fast_base, [train(30, "dense", 15.0, 200.0), ev(30, "dense", 15.0, 2.9, 2.9),
+                      {"kind": "stage_end", "step": 30, "stage": 0, "attention": "dense", "tokens": 3000, "time_s": 15.0,
+                       "val_bpb": 2.9, "val_bpb_dense": 2.9}])
+    c = compare_runs(recipe, fast_base)  # the recipe trained 20 s, the baseline only 15 s
+    assert c["baseline_bpb_equal_time"] is None
+    assert "this run was slower" in format_comparison(c)

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
 
+from .checkpointing import checkpoint_policy, run_block
 from .config import LighthouseConfig
 from .gla import gla_log_gates, init_gate_projection
 from .layers import ATTENTION_KINDS, ROPE_PLACEMENTS, build_attention
+from .loss import chunked_cross_entropy
 from .rope import apply_rotary_dense, rope_tables
 from .scorers import GLAScorer
 from .tokenizer import BYTE_VOCAB, EOD_ID, PAD_ID, VOCAB_SIZE  # noqa: F401 - EOD_ID, PAD_ID: older imports from here
@@ -220,9 +221,13 @@ class Transformer(nn.Module):
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self._rope_tables = RopeTables(args.head_dim, args.rope_theta)
-        # Recompute each block's activations in the backward pass instead of storing them
-        # (training memory ~ one block instead of all); the selection is recomputed identically.
-        self.activation_checkpointing = False
+        # Training memory (lighthouse.checkpointing): what each block keeps for the backward pass
+        # (False / "none", True / "block": recompute each block, "selective"; the selection
+        # is recomputed identically), how many of the first blocks keep their input in host memory
+        # (with "block"), and the loss taken `loss_chunk` positions at a time (0: all at once).
+        self.activation_checkpointing: bool | str = False
+        self.offload_layers = 0
+        self.loss_chunk = 0
         if self.output.weight.device.type != "meta":
             self.reset_parameters()
 
@@ -297,17 +302,22 @@ class Transformer(nn.Module):
         cos_SD, sin_SD = self.rope(cache.capacity if cache is not None else start + N, idx_BN.device)
         rope = cos_SD[start : start + N], sin_SD[start : start + N]
         x_BNE = self.tok_embeddings(idx_BN)
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        training = self.training and torch.is_grad_enabled()
+        policy = checkpoint_policy(self.activation_checkpointing) if training else "none"
         for i, block in enumerate(self.layers):
             layer_cache = cache.layers[i] if cache is not None else None
-            if recompute:
-                x_BNE = torch.utils.checkpoint.checkpoint(block, x_BNE, rope, start, layer_cache, use_reentrant=False)
-            else:
-                x_BNE = block(x_BNE, rope, start, layer_cache)
-        logits_BNV = self.output(self.norm(x_BNE))
+            offload = training and i < self.offload_layers
+            x_BNE = run_block(block, x_BNE, rope, start, layer_cache, policy, offload)
+        if targets_BN is not None and self.loss_chunk:
+            return chunked_cross_entropy(x_BNE, self.head, targets_BN, self.loss_chunk)
+        logits_BNV = self.head(x_BNE)
         if targets_BN is None:
             return logits_BNV
         return F.cross_entropy(logits_BNV.float().flatten(0, 1), targets_BN.flatten())
+
+    def head(self, x_BNE: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] of the last block's output: final norm and output projection, position by position."""
+        return self.output(self.norm(x_BNE))
 
 
 def check_model_args(args: ModelArgs) -> None:

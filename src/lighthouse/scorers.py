@@ -16,18 +16,20 @@ To add a scorer, subclass `Scorer`, implement `score`, and either pass an instan
 `scorer=` or call `register_scorer("name", factory)`. Anything extra the scorer needs arrives
 through the `context` argument of `lighthouse_attention(..., scorer_context=...)`.
 
-Legend: B batch, H query heads, G key/value heads, X either, R = H / G query heads per
-key/value head, N sequence length, D head dim, d dilation, M = ceil(N / d) tokens per
-residue class.
+Legend: B batch, H query heads, G key/value heads, X either (or rows of a batch of attentions),
+R = H / G query heads per key/value head, N sequence length, D head dim, d dilation,
+M = ceil(N / d) tokens per residue class, b / c a block of queries / keys.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .gla import GLA_BACKENDS, accumulate_dtype, gated_linear_attention
 
@@ -75,33 +77,123 @@ def from_residue(s_BXdM, N: int):
     return s_BXdM.transpose(2, 3).flatten(2)[..., :N]
 
 
+def dilated_scores_dense(q_BHND, k_BGND, v_BGND, dilation: int):
+    """The `dilated` scores written plainly: one causal SDPA over every residue class at once.
+
+    The readable form of `DilatedScorer.score` (what the tests compare it with). Its five-dimensional
+    float32 SDPA runs on the math kernel, which materializes the [M, M] scores of every class: it
+    needs B * H * d * M^2 * 4 bytes (128 GiB at N = 128K, H = 8), so use it at small N only.
+    """
+    B, H, N, D = q_BHND.shape
+    rep = H // k_BGND.shape[1]
+    q = by_residue(q_BHND.float(), dilation)
+    k = by_residue(k_BGND.float(), dilation).repeat_interleave(rep, dim=1)
+    v = by_residue(v_BGND.float(), dilation).repeat_interleave(rep, dim=1)
+    out_qk = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out_kq = F.scaled_dot_product_attention(k, q, v, is_causal=True)
+    return from_residue(out_qk.norm(dim=-1), N), from_residue(out_kq.norm(dim=-1), N)
+
+
+def blocked_causal_attention(q_XMD, k_XMD, v_XMD, block: int = 1024):
+    """Causal softmax attention, [X, M, D] -> [X, M, D], one [block, block] tile of scores at a time.
+
+    Query blocks against the key blocks at or before them, with a running maximum and sum
+    (the online softmax), so memory is O(X * block^2 + X * M * D) at any M. The fallback of
+    `causal_attention` where no fused SDPA kernel takes the inputs (e.g. float64 on CUDA).
+    """
+    X, M, D = q_XMD.shape
+    out_XMD = torch.empty_like(q_XMD)
+    scale = D**-0.5
+    for i0 in range(0, M, block):
+        i1 = min(i0 + block, M)
+        q_XbD = q_XMD[:, i0:i1] * scale
+        max_Xb = q_XbD.new_full((X, i1 - i0), -math.inf)
+        sum_Xb = q_XbD.new_zeros(X, i1 - i0)
+        acc_XbD = torch.zeros_like(q_XbD)
+        for j0 in range(0, i1, block):
+            j1 = min(j0 + block, i1)
+            s_Xbc = q_XbD @ k_XMD[:, j0:j1].transpose(1, 2)
+            if j1 > i0:  # the diagonal tile: key j is visible to query i when j <= i
+                future = torch.arange(j0, j1, device=s_Xbc.device) > torch.arange(i0, i1, device=s_Xbc.device)[:, None]
+                s_Xbc = s_Xbc.masked_fill(future, -math.inf)
+            new_max_Xb = torch.maximum(max_Xb, s_Xbc.amax(-1))
+            p_Xbc = torch.exp(s_Xbc - new_max_Xb[..., None])
+            rescale_Xb = torch.exp(max_Xb - new_max_Xb)
+            sum_Xb = sum_Xb * rescale_Xb + p_Xbc.sum(-1)
+            acc_XbD = acc_XbD * rescale_Xb[..., None] + p_Xbc @ v_XMD[:, j0:j1]
+            max_Xb = new_max_Xb
+        out_XMD[:, i0:i1] = acc_XbD / sum_Xb[..., None]
+    return out_XMD
+
+
+_FUSED_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+_fused_rejects: set = set()  # (device type, dtype, D) that no fused kernel took: go to the blocked form at once
+
+
+def causal_attention(q_XMD, k_XMD, v_XMD, block: int = 1024):
+    """Causal softmax attention [X, M, D] without an [M, M] matrix in memory.
+
+    A fused SDPA kernel when one takes the inputs (flash on CPU, memory-efficient on CUDA for
+    float32: both keep O(M) memory); never SDPA's math kernel, which materializes [X, M, M];
+    else `blocked_causal_attention`.
+    """
+    key = (q_XMD.device.type, q_XMD.dtype, q_XMD.shape[-1])
+    if key not in _fused_rejects:
+        try:
+            with warnings.catch_warnings(), sdpa_kernel(_FUSED_SDPA):
+                warnings.simplefilter("ignore")  # SDPA warns per backend it rules out before it raises
+                return F.scaled_dot_product_attention(q_XMD[None], k_XMD[None], v_XMD[None], is_causal=True)[0]
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError:  # "No available kernel": the blocked form below, from now on
+            _fused_rejects.add(key)
+    return blocked_causal_attention(q_XMD, k_XMD, v_XMD, block)
+
+
 class DilatedScorer(Scorer):
     """`dilated`: causal softmax attention inside each residue class t mod d (spec §7).
 
     s_q = ||softmax(Q K^T) V||, s_k = the same with Q and K swapped. With GQA the query
     heads of one group share K and V, and the swapped attention (K as queries, Q as keys)
     is per query head, so s_k has one row per query head.
+
+    Memory is linear in N: the attentions run per (batch, key/value head) and over at most
+    `chunk_elems` elements of float32 rows at a time (query heads x classes x M x D), with a
+    kernel that never forms the [M, M] scores (`causal_attention`). Float32 throughout, as the
+    spec asks of scores; `dilated_scores_dense` is the same computation written plainly.
     """
 
     name = "dilated"
 
-    def __init__(self, dilation: int = 4):
+    def __init__(self, dilation: int = 4, chunk_elems: int = 1 << 26):
         self.dilation = check_dilation(dilation)
+        self.chunk_elems = chunk_elems
 
     def __repr__(self) -> str:
         return f"DilatedScorer(dilation={self.dilation})"
 
+    @torch.no_grad()
     def score(self, q_BHND, k_BGND, v_BGND, context=None):
         B, H, N, D = q_BHND.shape
         G = k_BGND.shape[1]
-        rep = H // G
-        d = self.dilation
-        q = by_residue(q_BHND.float(), d)
-        k = by_residue(k_BGND.float(), d).repeat_interleave(rep, dim=1)
-        v = by_residue(v_BGND.float(), d).repeat_interleave(rep, dim=1)
-        out_qk = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        out_kq = F.scaled_dot_product_attention(k, q, v, is_causal=True)
-        return from_residue(out_qk.norm(dim=-1), N), from_residue(out_kq.norm(dim=-1), N)
+        R, d = H // G, self.dilation
+        q_BHdMD = by_residue(q_BHND, d)  # views (a padded copy in the input dtype when d does not divide N)
+        k_BGdMD, v_BGdMD = by_residue(k_BGND, d), by_residue(v_BGND, d)
+        M = q_BHdMD.shape[3]
+        heads = max(1, min(R, self.chunk_elems // (d * M * D)))  # query heads of one group per chunk
+        sq_BHdM = q_BHND.new_empty(B, H, d, M, dtype=torch.float32)
+        sk_BHdM = torch.empty_like(sq_BHdM)
+        for b in range(B):
+            for g in range(G):
+                k_dMD, v_dMD = k_BGdMD[b, g].float(), v_BGdMD[b, g].float()
+                for h0 in range(g * R, (g + 1) * R, heads):
+                    h1 = min(h0 + heads, (g + 1) * R)
+                    q_XMD = q_BHdMD[b, h0:h1].float().flatten(0, 1)  # rows (head, class)
+                    k_XMD = k_dMD.expand(h1 - h0, d, M, D).flatten(0, 1)
+                    v_XMD = v_dMD.expand(h1 - h0, d, M, D).flatten(0, 1)
+                    sq_BHdM[b, h0:h1] = causal_attention(q_XMD, k_XMD, v_XMD).norm(dim=-1).view(h1 - h0, d, M)
+                    sk_BHdM[b, h0:h1] = causal_attention(k_XMD, q_XMD, v_XMD).norm(dim=-1).view(h1 - h0, d, M)
+        return from_residue(sq_BHdM, N), from_residue(sk_BHdM, N)
 
 
 class GLAScorer(Scorer):

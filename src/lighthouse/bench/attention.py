@@ -6,9 +6,12 @@ warm-up excluded; timing.py) and the peak memory of forward+backward for
   (b) the PyTorch reference (`backend="reference"`),
   (c) the Triton fast path (`backend="triton"`),
   (floor) dense causal SDPA on a sequence of the sub-sequence length S alone,
+  (authors, with `--authors DIR`) the paper authors' implementation from a checkout at DIR
+  (bench/authors.py: imported at run time, never copied; its float32 output is checked against
+  ours once per configuration, at the shortest length it accepts),
 at N = 32K .. 512K, B=1, H=8, G=8, D=128, bf16, for (L=3, p=4, K=2048) and (L=4, p=4, K=4096).
-It prints a table with the ratios against dense SDPA and against the floor, the selection
-time alone, and writes everything (command, device, date, versions) to JSON.
+It prints a table with the ratios against dense SDPA, the floor and the authors' code, the
+selection time alone, and writes everything (command, device, date, versions) to JSON.
 
 `python -m lighthouse.bench profile` prints the per-kernel CUDA time of one fast-path
 forward+backward (torch.profiler).
@@ -26,6 +29,8 @@ import torch.nn.functional as F
 
 from ..attention import dense_causal_attention, lighthouse_attention
 from ..config import LighthouseConfig
+from ..eval_tasks import parse_lengths
+from . import authors as A
 from .timing import K1, peak_memory, run_info, time_fn, write_result
 
 LENGTHS = [32 * K1, 64 * K1, 128 * K1, 256 * K1, 512 * K1]
@@ -42,7 +47,7 @@ def _inputs(B, H, G, N, D, dtype, seed=0):
     return q, k, v, g
 
 
-def _measure(fwd, q, k, v, g, budget_s) -> dict:
+def _measure(fwd, q, k, v, g, budget_s, device=CUDA) -> dict:
     """Forward, forward+backward latency and peak memory of out = fwd(q, k, v)."""
 
     def fwd_only():
@@ -54,9 +59,9 @@ def _measure(fwd, q, k, v, g, budget_s) -> dict:
 
     res = {}
     try:
-        res["fwd"] = time_fn(fwd_only, CUDA, budget_s=budget_s)
-        res["fwd_bwd"] = time_fn(fwd_bwd, CUDA, budget_s=budget_s)
-        with peak_memory(CUDA) as peak:
+        res["fwd"] = time_fn(fwd_only, device, budget_s=budget_s)
+        res["fwd_bwd"] = time_fn(fwd_bwd, device, budget_s=budget_s)
+        with peak_memory(device) as peak:
             fwd_bwd()
         res["peak_gib"] = peak.gib
     except torch.cuda.OutOfMemoryError:
@@ -65,14 +70,43 @@ def _measure(fwd, q, k, v, g, budget_s) -> dict:
     return res
 
 
+def _authors_entries(module, n_rows, q, k, v, g, budget_s, checked: set, device=CUDA) -> None:
+    """The authors' layer on this N's inputs (in their [B, N, H, D] layout) for every configuration row,
+    and, the first time a configuration runs, the float32 check of their output against ours."""
+    q_BNHD, k_BNHD, v_BNHD = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
+    for row in n_rows:
+        if "skipped" in row:
+            continue
+        cfg = LighthouseConfig(row["levels"], row["pooling"], row["topk"])
+        reason = A.check_supported(cfg, row["N"], row["H"], row["G"])
+        if reason:
+            row["authors"] = {"skipped": reason}
+            continue
+        layer = A.authors_layer(module, cfg.levels, cfg.pooling, cfg.topk)
+        try:
+            row["authors"] = _measure(lambda a, b, c: layer(a, b, c), q_BNHD, k_BNHD, v_BNHD, g, budget_s, device)
+        except Exception as e:  # their code failing at one length is a result, not the end of the run
+            row["authors"] = {"error": f"{type(e).__name__}: {e}"}
+        key = (cfg.levels, cfg.pooling, cfg.topk)
+        if key not in checked and row["N"] <= 1 << 20:  # their float32 sort keys are exact up to here
+            checked.add(key)
+            try:
+                row["authors_check"] = A.compare_with_authors(module, cfg, row["N"], row["B"], row["H"], row["D"], device)
+            except Exception as e:
+                row["authors_check"] = {"N": row["N"], "error": f"{type(e).__name__}: {e}", "agree": False}
+            torch.cuda.empty_cache()
+
+
 def bench_attention(lengths, configs, B=1, H=8, G=8, D=128, dtype=torch.bfloat16, budget_s=10.0, reference=True,
-                    log=print) -> list[dict]:
-    """All measurements; per N the fast path and the floor first, then the reference, then dense
-    SDPA last (its long runs heat the card, and a hot card clocks lower for what follows)."""
+                    authors=None, log=print) -> list[dict]:
+    """All measurements; per N the fast path and the floor first, then the authors' code (`authors`: their
+    module from `authors.load_authors`), the reference, then dense SDPA last (its long runs heat the
+    card, and a hot card clocks lower for what follows)."""
     from ..kernels import fast_path as FP  # Triton: imported when a GPU run needs it
 
     rows = []
     floor_cache: dict[int, dict] = {}
+    authors_checked: set = set()
     for N in lengths:
         q, k, v, g = _inputs(B, H, G, N, D, dtype)
         n_rows = []
@@ -105,6 +139,8 @@ def bench_attention(lengths, configs, B=1, H=8, G=8, D=128, dtype=torch.bfloat16
                 del qs, ks, vs, gs
                 torch.cuda.empty_cache()
             row["floor"] = floor_cache[S]
+        if authors is not None:
+            _authors_entries(authors, n_rows, q, k, v, g, budget_s, authors_checked)
         if reference:
             for row in n_rows:
                 if "skipped" not in row:
@@ -126,7 +162,7 @@ def bench_attention(lengths, configs, B=1, H=8, G=8, D=128, dtype=torch.bfloat16
 
 
 def _ms(entry, key):
-    if not entry or "error" in entry:
+    if not entry or "error" in entry or key not in entry:
         return None
     return entry[key]["median_ms"]
 
@@ -144,7 +180,9 @@ def _format_row(row) -> str:
             f"dense/fast fb {ratio(dfb, ffb)} fwd {ratio(df, ff)} | fast/floor {ratio(ffb, flfb)} | "
             f"peak GiB dense {f(d.get('peak_gib') if d else None)} fast {f(fa.get('peak_gib') if fa else None)} | "
             f"causal fb {f(_ms(row.get('causal'), 'fwd_bwd'))} = {ratio(_ms(row.get('causal'), 'fwd_bwd'), ffb)} top-k, "
-            f"dense/causal {ratio(dfb, _ms(row.get('causal'), 'fwd_bwd'))}")
+            f"dense/causal {ratio(dfb, _ms(row.get('causal'), 'fwd_bwd'))}"
+            + (f" | authors fb {f(_ms(row['authors'], 'fwd_bwd'))} = {ratio(_ms(row['authors'], 'fwd_bwd'), ffb)} fast"
+               if "authors" in row else ""))
 
 
 def print_table(rows, out=sys.stdout) -> None:
@@ -152,6 +190,9 @@ def print_table(rows, out=sys.stdout) -> None:
     cols = ["L,p,K", "N", "S", "dense fwd", "dense fwd+bwd", "reference fwd+bwd", "fast fwd", "fast fwd+bwd",
             "scores pass", "select", "floor fwd+bwd", "dense/fast fwd+bwd", "dense/fast fwd", "fast/floor", "peak GiB dense/ref/fast",
             "causal fwd+bwd", "causal select", "causal/top-k fwd+bwd", "dense/causal fwd+bwd"]
+    with_authors = any("authors" in row for row in rows)
+    if with_authors:
+        cols += ["authors fwd", "authors fwd+bwd", "authors/fast fwd+bwd", "dense/authors fwd+bwd", "peak GiB authors"]
     print("| " + " | ".join(cols) + " |", file=out)
     print("|" + "|".join(["---"] * len(cols)) + "|", file=out)
     fmt = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
@@ -175,6 +216,10 @@ def print_table(rows, out=sys.stdout) -> None:
             fmt(row["selection_causal"]["median_ms"]) if "selection_causal" in row else "–",
             ratio(_ms(row.get("causal"), "fwd_bwd"), _ms(fa, "fwd_bwd")), ratio(_ms(d, "fwd_bwd"), _ms(row.get("causal"), "fwd_bwd")),
         ]
+        if with_authors:
+            au = row.get("authors")
+            cells += [fmt(_ms(au, "fwd")), fmt(_ms(au, "fwd_bwd")), ratio(_ms(au, "fwd_bwd"), _ms(fa, "fwd_bwd")),
+                      ratio(_ms(d, "fwd_bwd"), _ms(au, "fwd_bwd")), "–" if not au or "peak_gib" not in au else f"{au['peak_gib']:.1f}"]
         print("| " + " | ".join(cells) + " |", file=out)
 
 
@@ -244,10 +289,14 @@ def add_parser(sub) -> None:
     a = sub.add_parser("attention", help="dense SDPA vs reference vs fast path vs floor")
     a.add_argument("--out", default="bench_results/attention.json", help="JSON output path")
     a.add_argument("--quick", action="store_true", help="N = 32K and 64K only, first configuration, no reference")
-    a.add_argument("--lengths", type=str, default=None, help="comma-separated N values (e.g. 32768,65536)")
+    a.add_argument("--lengths", type=str, default=None, help="comma-separated N values (e.g. 32768,65536 or 32K,128K)")
     a.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference")
     a.add_argument("--budget", type=float, default=10.0, help="seconds per timed entry (fewer repeats when slow)")
     a.add_argument("--profile-n", type=int, default=0, help="also profile the fast path at this N (first config)")
+    a.add_argument("--configs", nargs="+", metavar="L,p,K", help="configurations (default: 3,4,2048 4,4,4096)")
+    a.add_argument("--authors", metavar="DIR",
+                   help="also time the authors' implementation from a checkout of github.com/ighoshsubho/lighthouse-attention "
+                        "at DIR, and check its float32 output against ours")
     pr = sub.add_parser("profile", help="per-kernel CUDA times of one fast-path forward+backward")
     pr.add_argument("--n", type=int, default=512 * K1)
     pr.add_argument("--levels", type=int, default=3)
@@ -263,12 +312,19 @@ def main(args, argv=None) -> int:
     if args.what == "profile":
         profile_fast(args.n, args.levels, args.pooling, args.topk)
         return 0
-    lengths = LENGTHS if not args.lengths else [int(x) for x in args.lengths.split(",")]
-    configs = CONFIGS
+    lengths = LENGTHS if not args.lengths else parse_lengths(args.lengths)
+    configs = [tuple(int(x) for x in c.split(",")) for c in args.configs] if args.configs else CONFIGS
     reference = not args.no_reference
     if args.quick:
-        lengths, configs, reference = [n for n in lengths if n <= 64 * K1], CONFIGS[:1], False
-    rows = bench_attention(lengths, configs, budget_s=args.budget, reference=reference)
+        lengths, configs, reference = [n for n in lengths if n <= 64 * K1], configs[:1], False
+    authors = None
+    if args.authors:
+        try:
+            authors = A.load_authors(args.authors)
+        except A.AuthorsCodeError as e:
+            print(f"--authors: {e}", file=sys.stderr)
+            return 2
+    rows = bench_attention(lengths, configs, budget_s=args.budget, reference=reference, authors=authors)
     result = {
         **run_info(argv),
         "timing": "median of repeats, CUDA events, warm-up excluded; peak = torch.cuda.max_memory_allocated "
@@ -276,6 +332,10 @@ def main(args, argv=None) -> int:
         "rows": rows,
         "crossover": crossover(rows),
     }
+    if authors is not None:
+        result["authors"] = {"checkout": authors.checkout, "commit": _git_commit(authors.checkout),
+                             "checks": [dict(r["authors_check"], levels=r["levels"], pooling=r["pooling"], topk=r["topk"])
+                                        for r in rows if "authors_check" in r]}
     if args.profile_n:
         L, p, K = configs[0]
         result["profile"] = profile_fast(args.profile_n, L, p, K)
@@ -285,5 +345,32 @@ def main(args, argv=None) -> int:
     print_table(rows)
     for line in result["crossover"]:
         print(line)
+    for check in result.get("authors", {}).get("checks", []):
+        print(authors_check_line(check))
     print(f"wrote {args.out}")
     return 0
+
+
+def authors_check_line(check: dict) -> str:
+    """One line per configuration: do the authors' float32 outputs agree with ours?"""
+    where = f"L={check['levels']} p={check['pooling']} K={check['topk']} N={check['N'] // K1}K"
+    if "error" in check:
+        return f"authors vs ours, float32, {where}: not compared ({check['error']})"
+    verdict = "agree" if check["agree"] else f"DIFFER (more than {A.AGREE_RTOL:g} relative)"
+    if "selection_rows" in check:
+        selection = f"selection differs in {check['selection_rows_differ']} of {check['selection_rows']} rows"
+    else:
+        selection = f"selection {check.get('selection', 'not compared')}"
+    return (f"authors vs ours, float32, {where}: relative error {check['rel_err']:.2e}, "
+            f"max abs {check['max_abs']:.2e}: {verdict}; {selection}")
+
+
+def _git_commit(path: str) -> str | None:
+    """The commit of a git checkout (provenance of the authors' code), or None."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

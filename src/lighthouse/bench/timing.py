@@ -10,7 +10,9 @@
 - `time_fn`: the same, summarised (median, min, max, count); `timed_or_oom` notes an
   out-of-memory instead of raising.
 - `peak_memory(device)`: the peak memory allocated on a CUDA device inside a `with` block
-  (everything alive counts, inputs included); None elsewhere.
+  (everything alive counts, inputs included), and the peak of pinned host memory (what
+  offloaded activations occupy); None elsewhere.
+- `length_label(N)`: 512K, 1M, or N itself.
 - `run_info`, `write_result`: the command, date and versions every result file starts with,
   and the one way a result is written (JSON, folders made as needed).
 """
@@ -92,11 +94,13 @@ def timed_or_oom(fn, device, budget_s: float) -> dict:
 
 class _Peak:
     gib: float | None = None
+    host_gib: float | None = None
 
 
 @contextlib.contextmanager
 def peak_memory(device):
-    """`with peak_memory(device) as peak: ...` sets `peak.gib`, the GiB allocated at most inside the block (CUDA only)."""
+    """`with peak_memory(device) as peak: ...` sets `peak.gib`, the GiB allocated at most inside the block, and
+    `peak.host_gib`, the most pinned host memory the CUDA host allocator held (CUDA only)."""
     device = torch.device(device)
     peak = _Peak()
     if device.type != "cuda":
@@ -105,9 +109,21 @@ def peak_memory(device):
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
+    host_stats = hasattr(torch.cuda, "reset_peak_host_memory_stats")
+    if host_stats:
+        torch.cuda.reset_peak_host_memory_stats()
     yield peak
     torch.cuda.synchronize(device)
     peak.gib = torch.cuda.max_memory_allocated(device) / 2**30
+    if host_stats:
+        peak.host_gib = torch.cuda.host_memory_stats().get("allocated_bytes.peak", 0) / 2**30
+
+
+def length_label(N: int) -> str:
+    """512K, 1M: lengths in units of 1024 tokens (or 1024^2), else the number."""
+    if N % (K1 * K1) == 0:
+        return f"{N // (K1 * K1)}M"
+    return f"{N // K1}K" if N % K1 == 0 else str(N)
 
 
 def versions() -> dict:

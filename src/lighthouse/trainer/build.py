@@ -1,7 +1,8 @@
 """What a run is made of, for training it and for using what it trained.
 
 - `resolve_device`, `autocast_dtype`: the device and the autocast dtype of a config.
-- `build_model`: the model of a config (built on meta, materialized on the device).
+- `build_model`: the model of a config (built on meta, materialized on the device), with its
+  training-memory settings (`set_training_memory`).
 - `Evaluator`: validation bits-per-byte with the model's current attention or another, and
   the leak meter.
 - `load_trained`: a run folder or checkpoint folder -> the model with its weights, its config,
@@ -58,8 +59,19 @@ def build_model(cfg: Config, device: torch.device | str = "meta") -> Transformer
     """
     with torch.device("meta"):
         model = Transformer(cfg.model, cfg.lighthouse)
+    set_training_memory(model, cfg)
     if torch.device(device).type != "meta":
         model.materialize(device)
+    return model
+
+
+def set_training_memory(model: Transformer, cfg: Config) -> Transformer:
+    """The model's `training.activation_checkpointing`, `offload_layers` and `loss_chunk` (lighthouse.checkpointing,
+    lighthouse.loss); they change what a training step keeps in memory, not what it computes."""
+    t = cfg.training
+    model.activation_checkpointing = t.activation_checkpointing
+    model.offload_layers = t.offload_layers
+    model.loss_chunk = t.loss_chunk
     return model
 
 

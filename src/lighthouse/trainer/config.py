@@ -31,6 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ..checkpointing import checkpoint_policy
 from ..config import LighthouseConfig, LighthouseConfigError
 from ..model import ATTENTION_KINDS, ModelArgs, check_model_args
 
@@ -82,7 +83,11 @@ class TrainingConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     dtype: str = "auto"  # auto: bfloat16 autocast on cuda, float32 elsewhere
     compile: bool = False  # torch.compile the model
-    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    # Recompute in the backward pass (lighthouse.checkpointing): false; true or "block" (each block:
+    # less memory, ~1/3 more compute); "selective" (as "block", keeping the attention kernels' outputs).
+    activation_checkpointing: bool | str = False
+    offload_layers: int = 0  # with "block": the first n blocks keep their saved input in host memory (one process)
+    loss_chunk: int = 0  # take the loss this many positions at a time (never all [N, V] logits); 0: at once
     deterministic: bool = True  # torch.use_deterministic_algorithms (CPU runs are bitwise repeatable)
     threads: int = 0  # torch CPU threads; 0: torch's default
     log_every: int = 10  # steps between metrics lines (the only places the loss is read back from the GPU)
@@ -428,9 +433,18 @@ def validate(cfg: Config) -> None:
     for key in ("log_every", "keep_checkpoints"):
         if getattr(t, key) < 1:
             raise ConfigError(f"'training.{key}' must be >= 1, got {getattr(t, key)}")
-    for key in ("eval_every", "checkpoint_every", "threads"):
+    for key in ("eval_every", "checkpoint_every", "threads", "offload_layers", "loss_chunk"):
         if getattr(t, key) < 0:
             raise ConfigError(f"'training.{key}' must be >= 0, got {getattr(t, key)}")
+    try:
+        policy = checkpoint_policy(t.activation_checkpointing)
+    except ValueError as e:
+        raise ConfigError(f"'training.activation_checkpointing': {e}") from None
+    if t.offload_layers and policy != "block":
+        raise ConfigError(
+            f"'training.offload_layers' = {t.offload_layers} needs training.activation_checkpointing = true "
+            f"(or \"block\"): the offloaded tensors are the inputs that block recomputation keeps; got {t.activation_checkpointing!r}"
+        )
 
     p = cfg.parallel
     if p.dp < 0:

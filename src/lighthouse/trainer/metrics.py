@@ -183,7 +183,9 @@ def format_comparison(c: dict) -> str:
              f"  at equal wall-clock ({_fmt_time(c['recipe_time_s'])}, {c['recipe']}'s training time): "
              f"{c['recipe']} {fmt(c['recipe_bpb'])}, {c['baseline']} {fmt(c['baseline_bpb_equal_time'])}"
              f"{diff(c['recipe_bpb'], c['baseline_bpb_equal_time'])}"
-             + ("" if c["baseline_bpb_equal_time"] is not None else " (the baseline had not been evaluated that early)")]
+             + ("" if c["baseline_bpb_equal_time"] is not None else
+                (" (the baseline's training ended earlier: this run was slower)" if c["recipe_time_s"] > c["baseline_time_s"]
+                 else " (before the baseline's first evaluation)"))]
     if c["lighthouse_tok_s"] and c["dense_tok_s"]:
         lines.append(f"  speed: the Lighthouse stage trains at {c['lighthouse_tok_s'] / c['dense_tok_s']:.2f}x the dense "
                      f"stage's tokens/s (median step: {c['lighthouse_tok_s']:,.0f} vs {c['dense_tok_s']:,.0f})")

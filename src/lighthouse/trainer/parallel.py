@@ -35,7 +35,7 @@ from ..distributed.parallelize import use_context_parallel
 from ..evals.common import bits_per_byte, eval_mode, nats_totals, target_nats
 from ..model import Transformer
 from .build import Evaluator, build_model
-from .config import Config, micro_batch_per_rank
+from .config import Config, ConfigError, micro_batch_per_rank
 from .stepper import Stepper
 
 
@@ -109,6 +109,8 @@ def build_sharded_model(cfg: Config, parallel: ParallelState, amp_dtype: torch.d
 
     Call it right after seeding the RNGs, as `build_model` in a single process.
     """
+    if cfg.training.offload_layers:  # its reentrant recomputation does not run under FSDP2's hooks
+        raise ConfigError("'training.offload_layers' is for one process; set it to 0 under torchrun")
     model = build_model(cfg, "meta")
     if parallel.cp > 1:
         use_context_parallel(model, parallel)

@@ -8,8 +8,9 @@
   checkpoint's. A changed `[model]` is refused (the weights fit no other shape, and the same
   shapes with another rope_theta or norm_eps are another function); any other change is a
   warning naming each key. Where and how fast the run goes (device, threads, parallel, compile,
-  activation checkpointing, the log/eval/checkpoint cadence) is not compared: like a resume on
-  another number of processes, it may change the last bits and nothing else.
+  activation checkpointing, offloading, loss chunks, the log/eval/checkpoint cadence) is not
+  compared: like a resume on another number of processes, it may change the last bits and
+  nothing else.
 """
 
 from __future__ import annotations
