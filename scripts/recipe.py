@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from lighthouse.trainer.checkpoint import latest_good_checkpoint  # noqa: E402
 from lighthouse.trainer.config import load_config  # noqa: E402
 from lighthouse.trainer.metrics import read_metrics, stage_rows  # noqa: E402
 
@@ -125,6 +126,20 @@ def train_argv(config: str, name: str, out_dir: Path, overrides: list[str]) -> l
             *[x for s in sets for x in ("--set", s)]]
 
 
+def finished(run_dir: Path, total_steps: int) -> bool:
+    """Whether the run's newest good checkpoint is its last step (then its training is not launched again)."""
+    ckpt = latest_good_checkpoint(run_dir, warn=lambda msg: None) if run_dir.is_dir() else None
+    return ckpt is not None and int(ckpt.name.split("-")[1]) == total_steps
+
+
+def train_chain(config: str, name: str, out_dir: Path, overrides: list[str], total_steps: int) -> list[list[str]]:
+    """The training command of a run, or none when it has finished (said once, here)."""
+    if finished(out_dir / name, total_steps):
+        print(f"{name}: finished, not launched again", flush=True)
+        return []
+    return [train_argv(config, name, out_dir, overrides)]
+
+
 def final_bpb(run_dir: Path) -> float | None:
     ends = [r for r in read_metrics(run_dir) if r.get("kind") == "stage_end"]
     return ends[-1]["val_bpb_dense"] if ends else None
@@ -152,10 +167,11 @@ def first_reaching(run_dir: Path, target: float) -> dict | None:
     return None
 
 
-def eval_commands(out: Path, name: str, lengths: str, windows: int) -> list[list[str]]:
+def eval_commands(out: Path, name: str, lengths: str, windows: int, trials: int = 5) -> list[list[str]]:
     """The evaluations of an arm's final checkpoint not done yet (dense attention: the model users ship)."""
     commands = []
-    for task, extra in (("position", ["--windows", str(windows)]), ("passkey", ["--lengths", lengths])):
+    for task, extra in (("position", ["--windows", str(windows)]),
+                        ("passkey", ["--lengths", lengths, "--trials", str(trials)])):
         if not (out / "evals" / name / f"{task}.json").is_file():
             commands.append([sys.executable, "-m", "lighthouse", "eval", "--checkpoint", str(out / name), "--task", task,
                              "--attention", "dense", "--out", str(out / "evals" / name), *extra])
@@ -203,6 +219,7 @@ def main() -> int:
     ap.add_argument("--extra", action="store_true", help="also the 14/16 recovery arm and the dilated scorer")
     ap.add_argument("--passkey-lengths", default=None, help="default: 1/4, 1/2 and all of data.seq_len")
     ap.add_argument("--position-windows", type=int, default=32, help="validation windows of the position eval")
+    ap.add_argument("--passkey-trials", type=int, default=5, help="passkey prompts per length and depth")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="applies to every run")
     args = ap.parse_args()
 
@@ -232,8 +249,8 @@ def main() -> int:
     n = cfg.data.seq_len
     lengths = args.passkey_lengths or f"{n // 4},{n // 2},{n}"
     arms = plan(cfg, state.get("lr"), args.extra)
-    jobs = [(name, [train_argv(args.config, name, out, [*args.overrides, *o]),
-                    *eval_commands(out, name, lengths, args.position_windows)])
+    jobs = [(name, [*train_chain(args.config, name, out, [*args.overrides, *o], cfg.total_steps),
+                    *eval_commands(out, name, lengths, args.position_windows, args.passkey_trials)])
             for name, o in arms.items()]
     if not runner.run_all(jobs):
         print("not finished: run again to continue")

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from recipe import Runner, arm_overrides, final_bpb, first_reaching, train_argv  # noqa: E402
+from recipe import Runner, arm_overrides, final_bpb, first_reaching, train_chain  # noqa: E402
 
 from lighthouse.trainer.config import load_config  # noqa: E402
 from lighthouse.trainer.metrics import read_metrics, stage_rows  # noqa: E402
@@ -200,7 +200,7 @@ def main() -> int:
                 name = run_name(corpus, seed, arm)
                 settings = arm_settings(arm, cfg)
                 overrides = [*common, *corpus_overrides(corpus), f"training.seed={seed}", *settings]
-                chain = [train_argv(args.config, name, out, overrides)]
+                chain = train_chain(args.config, name, out, overrides, cfg.total_steps)
                 if not (out / "evals" / name / "position.json").is_file():
                     chain.append([sys.executable, "-m", "lighthouse", "eval", "--checkpoint", str(out / name),
                                   "--task", "position", "--attention", "dense", "--windows", str(args.final_windows),

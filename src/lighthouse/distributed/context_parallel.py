@@ -49,7 +49,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 
 from .. import reference
 from ..attention import dense_causal_attention, resolve_backend
@@ -304,6 +303,9 @@ def _attend_prefix(q_BHsD, k_BXtD, v_BXtD) -> torch.Tensor:
     gqa = q_BHsD.shape[1] != k_BXtD.shape[1]
     if s == t:
         return F.scaled_dot_product_attention(q_BHsD, k_BXtD, v_BXtD, is_causal=True, enable_gqa=gqa)
+    # Imported here: torch.nn.attention.bias loads torch._dynamo (over a second of every command's start-up).
+    from torch.nn.attention.bias import causal_lower_right
+
     return F.scaled_dot_product_attention(q_BHsD, k_BXtD, v_BXtD, attn_mask=causal_lower_right(s, t), enable_gqa=gqa)
 
 
