@@ -55,7 +55,7 @@ def inputs(B, H, G, N, D, dtype, seed):
 
 def run_fast(q, k, v, cfg, rope=None):
     return lighthouse_attention(q, k, v, levels=cfg.levels, pooling=cfg.pooling, topk=cfg.topk, rope=rope,
-                                backend="triton")
+                                selection=cfg.selection, scorer=cfg.scorer, backend="triton")
 
 
 def check_selection(name, q, k, v, cfg):

@@ -3,9 +3,9 @@
 - Without a GPU, Triton kernels can only run on CPU tensors under Triton's interpreter, which
   must be switched on before any kernel module is imported (its decorators read it): here,
   before every test module. With a GPU the kernels run compiled.
-- Tests run in one worker process per core (pytest-xdist, `-n auto --dist loadfile` in
-  pyproject.toml: a file's tests share a worker, so module fixtures are built once), each worker
-  with one torch thread.
+- The README's test command runs a worker process per core (pytest-xdist, `-n auto --dist
+  loadfile`: a file's tests share a worker, so module fixtures are built once), each worker with
+  one torch thread; plain `python -m pytest` runs them in this one process.
 - Every test starts from a seed of its own (derived from its id), so its random inputs do not
   depend on which other tests ran before it.
 - `unwritable_dir`: a folder this process cannot write into, for the tests of one-line errors.
@@ -31,7 +31,7 @@ if not torch.cuda.is_available():
     except ImportError:
         pass
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)  # one pytest worker per core (pyproject's -n auto): no oversubscribed threads
+    torch.set_num_threads(1)  # one pytest worker per core (-n auto): no oversubscribed threads
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (plain_reference, poison) import by name
 

@@ -29,7 +29,7 @@ import lighthouse
 PACKAGE = "lighthouse"
 LAYERS = [
     ("core", ["lighthouse", "config", "scorers", "gla", "rope", "reference", "kernels", "attention", "layers", "model",
-              "tokenizer", "cpu_threads", "checkpointing", "loss"]),
+              "tokenizer", "cpu_threads", "cuda_allocator", "checkpointing", "loss"]),
     ("parts", ["distributed", "evals", "integrations", "integrations.hf"]),
     ("trainer", ["trainer"]),
     ("tools", ["integrations.export", "sample", "eval_tasks", "bench", "demo"]),

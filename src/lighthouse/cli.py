@@ -21,8 +21,10 @@ import signal
 import sys
 
 from .cpu_threads import prefer_passive_waits
+from .cuda_allocator import prefer_expandable_segments
 
 prefer_passive_waits()  # before anything loads torch (see cpu_threads.py)
+prefer_expandable_segments()  # before anything uses CUDA (see cuda_allocator.py)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cuda_allocator import prefer_expandable_segments
 from . import attention, cp, hf, scorers, train
 
 COMMANDS = {"attention": attention, "profile": attention, "scorers": scorers, "train": train, "hf": hf, "cp": cp}
@@ -26,4 +27,5 @@ def main(argv: list[str] | None = None) -> int:
     for module in (attention, scorers, train, hf, cp):
         module.add_parser(sub)
     args = ap.parse_args(argv)
+    prefer_expandable_segments()  # before the first CUDA allocation (see lighthouse/cuda_allocator.py)
     return COMMANDS[args.what].main(args, argv)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -137,6 +138,7 @@ def versions() -> dict:
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
+        info["cuda_alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
     return info
 
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import traceback
+from pathlib import Path
 
 import torch
 
@@ -131,9 +133,13 @@ def measure(model_args, lighthouse: LighthouseConfig, kind: str, seq_len: int, s
                        tok_s=seq_len / (timing["median_ms"] / 1e3), peak_gib=peak.gib, host_gib=peak.host_gib,
                        checkpointing=policy, activation_checkpointing=policy != "none")
             return row
-        except torch.OutOfMemoryError:
+        except torch.OutOfMemoryError as e:
             row["oom"] = "out of memory" + (f" with checkpointing {policy!r}" if policy != "none" else "")
             row["checkpointing"] = policy
+            # Which allocation failed, and where in our code: what the next memory option must address.
+            ours = [f for f in traceback.extract_tb(e.__traceback__) if "lighthouse" in f.filename]
+            row["oom_detail"] = str(e).split("\n")[0][:400]
+            row["oom_where"] = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in ours[-3:]]
         finally:
             del model, optimizer
             if device.type == "cuda":
@@ -176,7 +182,8 @@ def options_note(r: dict) -> str:
 
 def format_row(r: dict) -> str:
     if "tok_s" not in r:
-        return f"N={length_label(r['N']):>5} {r['attention']:<10} {r.get('oom', 'failed')}"
+        where = f" at {r['oom_where'][-1]}: {r['oom_detail']}" if r.get("oom_where") else ""
+        return f"N={length_label(r['N']):>5} {r['attention']:<10} {r.get('oom', 'failed')}{where}"
     note = options_note(r)
     host = f", host {r['host_gib']:.1f} GiB" if r.get("host_gib") else ""
     peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:5.1f}"
