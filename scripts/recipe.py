@@ -11,6 +11,7 @@ Phases, each resumable:
              c  as b with pre-pool RoPE
              d  Lighthouse for all steps (its stage end is evaluated with Lighthouse and densely)
              and with --extra: e  Lighthouse for 14/16, then dense;  f  as b with the dilated scorer
+             (--arms b-lighthouse-window-end,... runs a subset; arm a, the baseline, always runs)
   3. evals   per arm, on its GPU right after its training: validation bpb by position bucket,
              passkey accuracy by length and depth (heat map), both with dense attention
   4. summary results.json (one entry per arm: stages, tokens, wall-clock, tok/s, final dense bpb,
@@ -217,6 +218,8 @@ def main() -> int:
     ap.add_argument("--lrs", default="5e-4,1e-3,2e-3,4e-3", help="learning rates of the dense sweep ('' to skip)")
     ap.add_argument("--sweep-steps", type=int, default=200)
     ap.add_argument("--extra", action="store_true", help="also the 14/16 recovery arm and the dilated scorer")
+    ap.add_argument("--arms", default="", help="comma-separated arm names to run (default: all; the first, a-dense, "
+                    "is the baseline and is always run)")
     ap.add_argument("--passkey-lengths", default=None, help="default: 1/4, 1/2 and all of data.seq_len")
     ap.add_argument("--position-windows", type=int, default=32, help="validation windows of the position eval")
     ap.add_argument("--passkey-trials", type=int, default=5, help="passkey prompts per length and depth")
@@ -249,6 +252,12 @@ def main() -> int:
     n = cfg.data.seq_len
     lengths = args.passkey_lengths or f"{n // 4},{n // 2},{n}"
     arms = plan(cfg, state.get("lr"), args.extra)
+    if args.arms:
+        wanted = {a for a in args.arms.split(",") if a}
+        if unknown := wanted - set(arms):
+            print(f"error: unknown arms {sorted(unknown)}; the arms are {list(arms)}", file=sys.stderr)
+            return 2
+        arms = {name: o for i, (name, o) in enumerate(arms.items()) if i == 0 or name in wanted}
     jobs = [(name, [*train_chain(args.config, name, out, [*args.overrides, *o], cfg.total_steps),
                     *eval_commands(out, name, lengths, args.position_windows, args.passkey_trials)])
             for name, o in arms.items()]

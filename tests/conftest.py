@@ -4,8 +4,8 @@
   must be switched on before any kernel module is imported (its decorators read it): here,
   before every test module. With a GPU the kernels run compiled.
 - The README's test command runs a worker process per core (pytest-xdist, `-n auto --dist
-  loadfile`: a file's tests share a worker, so module fixtures are built once), each worker with
-  one torch thread; plain `python -m pytest` runs them in this one process.
+  loadfile`: a file's tests share a worker, so its module fixtures are built once), each worker
+  with one torch thread; plain `python -m pytest` runs them all in this one process.
 - Every test starts from a seed of its own (derived from its id), so its random inputs do not
   depend on which other tests ran before it.
 - `unwritable_dir`: a folder this process cannot write into, for the tests of one-line errors.

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from lighthouse.trainer.config import load_config
 from lighthouse.trainer.loop import train
 from test_checkpoint import flip_bytes
 from test_run_folders import assert_kept, quiet, snapshot
-from test_trainer import tiny_config
+from test_trainer import _env, tiny_config
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -195,3 +198,15 @@ def test_messages_say_why(world, capsys):
     assert "the KV cache would take" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", names["run"], "--temperature", "-1"]) == 2
     assert "--temperature must be a finite number >= 0 (0: greedy), got -1.0" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_sampling_quietly(world):
+    """`lighthouse sample ... | head -c 1`: the closed pipe ends the command with SIGPIPE's status, no error line."""
+    _, names = world
+    cmd = [sys.executable, "-m", "lighthouse", "sample", "--checkpoint", names["run"], "--max-new-tokens", "400",
+           "--prompt", "def "]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first byte
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, stderr
+    assert "error" not in stderr.lower() and "Traceback" not in stderr, stderr

@@ -11,6 +11,7 @@ Legend: B batch, N sequence length, V vocabulary.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -406,6 +407,13 @@ def test_export_writes_only_into_an_export_and_leaves_no_stale_weights(tiny_run,
     assert cli_main(["export", str(tiny_run), str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted([*EXPORT_FILES, "README.md"])
     AutoModelForCausalLM.from_pretrained(out)  # the new weights, no index pointing at old shards
+    # What killed exports left (a dead process's hidden folder) goes; a running export's stays.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / f".export-{int(dead.stdout)}").mkdir()
+    (out / f".export-{int(dead.stdout)}" / "model.safetensors").write_bytes(b"half")
+    (out / f".export-{os.getppid()}").mkdir()  # the test runner's parent: alive
+    assert cli_main(["export", str(tiny_run), str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([*EXPORT_FILES, "README.md", f".export-{os.getppid()}"])
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.txt").write_text("mine\n")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -268,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, RunDirError, ResumeError, CheckpointError, RunLockedError, SampleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`lighthouse sample ... | head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit does not fail again
+        return 128 + signal.SIGPIPE
     except OSError as e:  # a file or folder that is missing, not writable, or not what was expected
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2

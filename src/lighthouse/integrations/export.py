@@ -213,6 +213,29 @@ def save_byte_tokenizer(out_dir: str | Path, model_max_length: int) -> None:
 
 
 # ---- export ----------------------------------------------------------------------------------------
+def remove_stale_exports(out_dir: Path) -> list[Path]:
+    """Remove the hidden folders that killed exports left in `out_dir` (a whole model's weights each); an
+    export still running in another process keeps its own. Returns what was removed."""
+    removed = []
+    for tmp in out_dir.glob(f"{TMP_PREFIX}*"):
+        pid = tmp.name.removeprefix(TMP_PREFIX)
+        if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
 def export_model(model: Transformer, out_dir: str | Path, *, max_position_embeddings: int,
                  dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
     """Write `model` as a Hugging Face Llama folder (weights, config, byte-level tokenizer); see the module
@@ -221,7 +244,7 @@ def export_model(model: Transformer, out_dir: str | Path, *, max_position_embedd
     tmp = out_dir / f"{TMP_PREFIX}{os.getpid()}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # what a killed export of this pid left
+        remove_stale_exports(out_dir)
         tmp.mkdir()
     except OSError as e:
         raise ExportError(f"{out_dir}: cannot write there ({(e.strerror or str(e)).lower()}); choose a folder you "
