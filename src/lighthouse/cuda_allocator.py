@@ -6,9 +6,9 @@ needs 103 GiB ran out of memory on a 139 GiB H200 (the paper's 30-layer shape, L
 layer, block recomputation, bf16 parameters: `python -m lighthouse.bench train ... --seq-lens 1M`).
 With `expandable_segments:True` the same step ran, peaking at 103.2 GiB (2026-12-01).
 
-The allocator reads PYTORCH_CUDA_ALLOC_CONF when CUDA is first used, so `lighthouse train`,
-`lighthouse eval` and `python -m lighthouse.bench` call `prefer_expandable_segments()` before
-that. A setting the user made wins; nothing changes on a machine without CUDA.
+The allocator reads PYTORCH_CUDA_ALLOC_CONF when CUDA is first used, so every `lighthouse`
+command and `python -m lighthouse.bench` call `prefer_expandable_segments()` before that. A
+setting the user made wins; nothing changes on a machine without CUDA.
 """
 
 from __future__ import annotations
