@@ -9,6 +9,10 @@ Corpora, found at run time in this interpreter's site-packages (nothing is downl
   code     C, C++ and CUDA sources and headers (.h .hpp .cuh .c .cc .cpp .cu), one document per file
   text     prose and markup: .md .rst .txt, licences, package METADATA (mostly READMEs)
 
+Your own data: --corpus NAME=GLOB[;GLOB...] adds a corpus of files (one document per file), e.g.
+    python scripts/robustness.py --corpora "" --corpus mine='/data/logs/**/*.txt' --arms dense,causal,causal-rec6
+(--device cpu runs on the CPU; at the preset's 32K tokens that is slow: shrink it with --set).
+
 Arms (the same model, data order, seed and token budget; only the attention differs):
   dense          dense from scratch
   topk           Lighthouse (the paper's top-k selection) for 10/16 of the steps, then dense
@@ -44,6 +48,7 @@ from recipe import Runner, arm_overrides, final_bpb, first_reaching, train_chain
 from lighthouse.trainer.config import load_config  # noqa: E402
 from lighthouse.trainer.metrics import read_metrics, stage_rows  # noqa: E402
 
+BUILT_IN_CORPORA = ("python", "code", "text")
 CODE_SUFFIXES = ("h", "hpp", "cuh", "c", "cc", "cpp", "cu")
 TEXT_PATTERNS = ("*.md", "*.rst", "*.txt", "LICENSE*", "METADATA")
 
@@ -53,7 +58,26 @@ def site_packages() -> list[str]:
     return sorted(r for r in roots if Path(r).is_dir())
 
 
-def corpus_overrides(corpus: str) -> list[str]:
+def files_overrides(globs: list[str]) -> list[str]:
+    """A corpus of files (one document each, validation by whole documents)."""
+    paths = ", ".join(json.dumps(g) for g in globs)
+    return ['data.source="files"', f"data.paths=[{paths}]", 'data.document="file"', 'data.val_split="documents"']
+
+
+def parse_corpus_flag(text: str) -> tuple[str, list[str]]:
+    """`NAME=GLOB[;GLOB...]` (--corpus): your own corpus under a name of your choosing."""
+    name, sep, globs = text.partition("=")
+    paths = [g for g in globs.split(";") if g.strip()]
+    if not sep or not name or not paths or not name.replace("-", "").replace("_", "").isalnum():
+        raise SystemExit(f"--corpus {text!r}: give NAME=GLOB[;GLOB...], e.g. mine='/data/**/*.txt'")
+    if name in BUILT_IN_CORPORA:
+        raise SystemExit(f"--corpus {name}: that name is a built-in corpus ({', '.join(BUILT_IN_CORPORA)}); choose another")
+    return name, paths
+
+
+def corpus_overrides(corpus: str, own: dict[str, list[str]] | None = None) -> list[str]:
+    if own and corpus in own:
+        return files_overrides(own[corpus])
     roots = site_packages()
     if corpus == "python":
         return ['data.source="site-packages"', 'data.document="package"']
@@ -62,9 +86,8 @@ def corpus_overrides(corpus: str) -> list[str]:
     elif corpus == "text":
         globs = [f"{r}/**/{p}" for r in roots for p in TEXT_PATTERNS]
     else:
-        raise SystemExit(f"unknown corpus {corpus!r}: python, code or text")
-    paths = ", ".join(json.dumps(g) for g in globs)
-    return ['data.source="files"', f"data.paths=[{paths}]", 'data.document="file"', 'data.val_split="documents"']
+        raise SystemExit(f"unknown corpus {corpus!r}: python, code, text or one given with --corpus NAME=GLOB")
+    return files_overrides(globs)
 
 
 def arm_settings(arm: str, cfg) -> list[str]:
@@ -169,7 +192,9 @@ def main() -> int:
     ap.add_argument("--config", default="configs/robustness-32k.toml")
     ap.add_argument("--out", default="runs/robustness", help="folder of all runs and logs")
     ap.add_argument("--results", default="docs/results/robustness.json", help="the JSON list of finished runs")
-    ap.add_argument("--corpora", default="python,code,text")
+    ap.add_argument("--corpora", default="python,code,text", help="built-in corpora ('' for none: only --corpus)")
+    ap.add_argument("--corpus", dest="own", action="append", default=[], metavar="NAME=GLOB[;GLOB...]",
+                    help="your own corpus (files, one document each), added to --corpora; repeatable")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--arms", default="dense,topk,causal")
     ap.add_argument("--lr", type=float, help="learning rate of every run (default: the config's)")
@@ -187,7 +212,10 @@ def main() -> int:
 
     out = Path(args.out).resolve()
     cfg = load_config(args.config, args.overrides)
-    corpora = [c for c in args.corpora.split(",") if c]
+    own = dict(parse_corpus_flag(c) for c in args.own)
+    corpora = [c for c in args.corpora.split(",") if c] + [c for c in own if c not in args.corpora.split(",")]
+    if not corpora:
+        raise SystemExit("no corpus: give --corpora and/or --corpus NAME=GLOB")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     arms = [a for a in args.arms.split(",") if a]
     common = list(args.overrides) + ([f"optim.lr={args.lr}"] if args.lr else [])
@@ -199,7 +227,7 @@ def main() -> int:
             for corpus in corpora:
                 name = run_name(corpus, seed, arm)
                 settings = arm_settings(arm, cfg)
-                overrides = [*common, *corpus_overrides(corpus), f"training.seed={seed}", *settings]
+                overrides = [*common, *corpus_overrides(corpus, own), f"training.seed={seed}", *settings]
                 chain = train_chain(args.config, name, out, overrides, cfg.total_steps)
                 if not (out / "evals" / name / "position.json").is_file():
                     chain.append([sys.executable, "-m", "lighthouse", "eval", "--checkpoint", str(out / name),

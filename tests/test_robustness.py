@@ -1,0 +1,94 @@
+"""The robustness matrix's script (scripts/robustness.py): its arms, your own corpus, and a toy run on the CPU.
+
+The end-to-end run trains the dense arm and the causal arm (16 steps at 512 tokens) on a corpus
+given with --corpus, evaluates both densely, and checks the result entry against the runs'
+metrics: the stage split, the dense-evaluated final bpb, the switch with both attentions and the
+leak meter there (exactly 0 for causal selection). A second invocation finds both runs finished.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lighthouse.trainer.config import load_config
+from lighthouse.trainer.metrics import read_metrics
+from test_trainer import _env, make_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import robustness  # noqa: E402
+
+sys.path.remove(str(REPO / "scripts"))
+
+TOY = ["stages.0.steps=8", "stages.1.steps=8", "data.seq_len=512", "lighthouse.pooling=2", "lighthouse.topk=128",
+       "training.batch_size=1", "training.eval_every=4", "training.checkpoint_every=8", "training.log_every=2",
+       "training.threads=1", "training.leak_every=1", "training.leak_positions=2", "data.val_windows=2",
+       "data.val_fraction=0.2", "optim.warmup_steps=2"]
+
+
+def test_every_arm_splits_the_same_steps():
+    cfg = load_config(REPO / "configs" / "robustness-32k.toml")
+    assert cfg.total_steps == 1024 and cfg.lighthouse.topk == 512
+    for arm, selection, lighthouse_steps, topk in (("dense", None, 0, 512), ("topk", "topk", 640, 512),
+                                                   ("causal", "causal", 640, 512), ("causal-k2", "causal", 640, 1024),
+                                                   ("topk-rec6", "topk", 384, 512), ("causal-only", "causal", 1024, 512)):
+        run = load_config(REPO / "configs" / "robustness-32k.toml", robustness.arm_settings(arm, cfg))
+        want = [("lighthouse", lighthouse_steps), ("dense", 1024 - lighthouse_steps)]
+        assert [(s.attention, s.steps) for s in run.stages] == [s for s in want if s[1]], arm
+        assert run.lighthouse.topk == topk, arm
+        if selection:
+            assert run.lighthouse.selection == selection, arm
+    for bad in ("sparse", "causal-k3"):
+        with pytest.raises(SystemExit, match="unknown arm"):
+            robustness.arm_settings(bad, cfg)
+
+
+def test_your_own_corpus_is_files_one_document_each():
+    name, globs = robustness.parse_corpus_flag("mine=/data/a/**/*.txt;/data/b/*.md")
+    assert (name, globs) == ("mine", ["/data/a/**/*.txt", "/data/b/*.md"])
+    cfg = load_config(REPO / "configs" / "robustness-32k.toml", robustness.corpus_overrides("mine", {"mine": globs}))
+    assert (cfg.data.source, cfg.data.paths, cfg.data.document, cfg.data.val_split) == \
+        ("files", globs, "file", "documents")
+    for bad in ("mine", "=/x/*.txt", "mine=", "a b=/x", "code=/x/*.c"):
+        with pytest.raises(SystemExit, match="--corpus"):
+            robustness.parse_corpus_flag(bad)
+
+
+def run_matrix(tmp_path: Path, corpus: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "scripts" / "robustness.py"), "--config", str(REPO / "configs" / "demo.toml"),
+           "--corpora", "", "--corpus", f"toy={corpus}/*.txt", "--arms", "dense,causal", "--device", "cpu",
+           "--out", str(tmp_path / "matrix"), "--results", str(tmp_path / "results.json"), "--final-windows", "2",
+           "--deadline", "600", *[x for s in TOY for x in ("--set", s)]]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def test_toy_matrix_on_your_own_corpus(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n_files=120)
+    run_matrix(tmp_path, corpus)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["corpus"], r["arm"]) for r in results] == [("toy", "causal"), ("toy", "dense")]
+    causal, dense = results
+    assert [(s["attention"], s["steps"]) for s in causal["stages"]] == [("lighthouse", 10), ("dense", 6)]
+    assert [(s["attention"], s["steps"]) for s in dense["stages"]] == [("dense", 16)]
+    assert causal["tokens"] == dense["tokens"] == 16 * 512
+    assert causal["lighthouse"]["selection"] == "causal"
+    for r in results:
+        evaluated = json.loads((tmp_path / "matrix" / "evals" / f"toy-s0-{r['arm']}" / "position.json").read_text())
+        assert r["final_bpb_dense"] == evaluated["val_bpb"] and r["final_windows"] == 2
+    records = read_metrics(tmp_path / "matrix" / "toy-s0-causal")
+    switch = [x for x in records if x["kind"] == "stage_end"][0]
+    assert (causal["switch_step"], causal["switch_bpb_lighthouse"], causal["switch_bpb_dense"]) == \
+        (10, switch["val_bpb"], switch["val_bpb_dense"])
+    assert causal["switch_leak"] and all(span["mean_nats"] == 0.0 for span in causal["switch_leak"])
+    assert "switch_step" not in dense
+
+    again = run_matrix(tmp_path, corpus)  # finished runs are not launched again, the entries stay
+    assert "toy-s0-dense: finished, not launched again" in again.stdout
+    assert json.loads((tmp_path / "results.json").read_text()) == results
