@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lighthouse import LighthouseConfig
 from lighthouse.model import ModelArgs, Transformer, check_model_args
@@ -245,3 +246,30 @@ def test_gla_ablation_config_loads():
     dense = cfg.model.dense_layer_set()
     assert all((b.attention.wg is not None) == (i not in dense) for i, b in enumerate(model.layers))
 
+
+
+class DrawsOnMeta(TorchDispatchMode):
+    """Initialization on the meta device that draws from the CPU generator (or a build the meta device
+    context did not reach, which initializes on the CPU): both were seen to make the trainer's first
+    weights depend on what ran earlier in the process."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.uniform_.default, torch.ops.aten.normal_.default) and args[0].is_meta:
+            torch.rand(1)
+        return func(*args, **(kwargs or {}))
+
+
+def test_build_model_gives_the_eager_weights_whatever_the_meta_build_draws():
+    from pathlib import Path
+
+    from lighthouse.trainer.build import build_model
+    from lighthouse.trainer.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.toml")
+    torch.manual_seed(11)
+    eager = Transformer(cfg.model, cfg.lighthouse)
+    torch.manual_seed(11)
+    with DrawsOnMeta():
+        built = build_model(cfg, "cpu")
+    for (name, a), (_, b) in zip(eager.state_dict().items(), built.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -57,7 +57,11 @@ def build_model(cfg: Config, device: torch.device | str = "meta") -> Transformer
     Sharded training materializes after sharding (`Transformer.materialize`); either way the
     initial weights equal an eager build from the same RNG state.
     """
-    with torch.device("meta"):
+    # The build must leave the CPU generator as it found it, so that `materialize` replays an eager
+    # build's draws. Seen once: in a pytest worker where torch.compile had run, `torch.device("meta")`
+    # no longer applied, the model was built (and initialized) on the CPU, and the weights then
+    # depended on which tests ran before.
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
         model = Transformer(cfg.model, cfg.lighthouse)
     set_training_memory(model, cfg)
     if torch.device(device).type != "meta":
