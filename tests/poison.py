@@ -12,6 +12,14 @@ import torch
 
 INT_POISON = -7
 
+# PyTorch's device context (`with torch.device("meta")`) lists the factory functions it redirects
+# once, on its first use in the process, and keeps that list. Were that first use to happen while
+# torch.empty is replaced below, the list would hold the replacement, and `torch.device("meta")`
+# would leave the real torch.empty on the CPU for the rest of the process (it did: a model meant to
+# be built on the meta device was built on the CPU). Use the context once now, unpatched.
+with torch.device("meta"):
+    torch.empty(0)
+
 
 @contextlib.contextmanager
 def poison_empty():

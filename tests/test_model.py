@@ -1,5 +1,10 @@
 """The decoder: shapes, causality, dense == Lighthouse at levels=1, stage switch keeps parameters."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -249,9 +254,9 @@ def test_gla_ablation_config_loads():
 
 
 class DrawsOnMeta(TorchDispatchMode):
-    """Initialization on the meta device that draws from the CPU generator (or a build the meta device
-    context did not reach, which initializes on the CPU): both were seen to make the trainer's first
-    weights depend on what ran earlier in the process."""
+    """Initialization on the meta device that draws from the CPU generator, as a build that the meta
+    device context did not reach does (it initializes on the CPU; seen in a test process, see
+    tests/poison.py): the trainer's first weights then depended on what ran earlier."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in (torch.ops.aten.uniform_.default, torch.ops.aten.normal_.default) and args[0].is_meta:
@@ -273,3 +278,14 @@ def test_build_model_gives_the_eager_weights_whatever_the_meta_build_draws():
         built = build_model(cfg, "cpu")
     for (name, a), (_, b) in zip(eager.state_dict().items(), built.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_poisoned_empty_leaves_the_meta_device_context_working():
+    """tests/poison.py replaces torch.empty; PyTorch's device context, first used under it, must still
+    redirect the real one afterwards (a fresh process: the context's list is made once per process)."""
+    code = ("import torch, poison\n"
+            "with poison.poison_empty(), torch.device('meta'):\n    torch.zeros(1)\n"
+            "with torch.device('meta'):\n    assert torch.empty(0).is_meta, 'torch.device(meta) no longer applies'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
