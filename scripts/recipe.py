@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from lighthouse.trainer.checkpoint import latest_good_checkpoint  # noqa: E402
+from lighthouse.trainer.checkpoint import folder_step, latest_good_checkpoint  # noqa: E402
 from lighthouse.trainer.config import load_config  # noqa: E402
 from lighthouse.trainer.metrics import read_metrics, stage_rows  # noqa: E402
 
@@ -130,7 +130,7 @@ def train_argv(config: str, name: str, out_dir: Path, overrides: list[str]) -> l
 def finished(run_dir: Path, total_steps: int) -> bool:
     """Whether the run's newest good checkpoint is its last step (then its training is not launched again)."""
     ckpt = latest_good_checkpoint(run_dir, warn=lambda msg: None) if run_dir.is_dir() else None
-    return ckpt is not None and int(ckpt.name.split("-")[1]) == total_steps
+    return ckpt is not None and folder_step(ckpt) == total_steps
 
 
 def train_chain(config: str, name: str, out_dir: Path, overrides: list[str], total_steps: int) -> list[list[str]]:

@@ -2,6 +2,7 @@
 
 from lighthouse import LighthouseConfig
 from lighthouse.bench.train import fitted_lighthouse, parse_lengths, table
+from test_trainer import tiny_config
 
 
 def test_lengths_and_fitted_budget():
@@ -40,30 +41,13 @@ def test_step_options_are_checked():
             StepOptions(**bad)
 
 
-TINY = """
-name = "tiny"
-[model]
-dim = 32
-n_layers = 3
-n_heads = 2
-n_kv_heads = 1
-ffn_hidden = 64
-dense_layers = [0]
-[lighthouse]
-levels = 2
-pooling = 2
-topk = 128
-"""
-
-
 def test_bench_train_runs_the_memory_options_on_cpu(tmp_path, capsys):
     """The 1M-token command's plumbing at toy size: every option reaches the step, rows and JSON record it."""
     import json
 
     from lighthouse.bench import main
 
-    config = tmp_path / "tiny.toml"
-    config.write_text(TINY, encoding="utf-8")
+    config = tiny_config(tmp_path)  # the trainer tests' model; the benchmark reads [model] and [lighthouse]
     out = tmp_path / "train.json"
     base = ["train", "--config", str(config), "--device", "cpu", "--seq-lens", "256", "--steps", "1", "--warmup", "1"]
     argv = base + ["--attention", "lighthouse", "--set", "model.dense_layers=[]", "--checkpointing", "block",

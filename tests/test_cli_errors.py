@@ -205,8 +205,13 @@ def test_a_reader_that_goes_away_ends_sampling_quietly(world):
     _, names = world
     cmd = [sys.executable, "-m", "lighthouse", "sample", "--checkpoint", names["run"], "--max-new-tokens", "400",
            "--prompt", "def "]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdout.close()  # the reader is gone before the first byte
-    stderr = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, stderr
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(cmd, env=_env(), stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    os.close(read_end)  # the reader is gone before the first byte
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGPIPE, stderr
     assert "error" not in stderr.lower() and "Traceback" not in stderr, stderr

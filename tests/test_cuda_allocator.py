@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -17,15 +18,16 @@ def test_sets_expandable_segments_unless_the_user_chose(monkeypatch):
         assert not cuda_allocator.prefer_expandable_segments()  # too late: the allocator has read it
         return
     assert cuda_allocator.prefer_expandable_segments()
-    assert cuda_allocator.os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:256")
     assert not cuda_allocator.prefer_expandable_segments()
-    assert cuda_allocator.os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:256"
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:256"
 
 
 def test_the_cli_sets_it_before_torch_loads():
     code = ("import os, sys; os.environ.pop('PYTORCH_CUDA_ALLOC_CONF', None); import lighthouse.cli; "
             "print(os.environ.get('PYTORCH_CUDA_ALLOC_CONF'))")
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         timeout=120).stdout
     assert out.strip() == "expandable_segments:True"

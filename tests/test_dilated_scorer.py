@@ -15,11 +15,11 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lighthouse import LighthouseConfig, lighthouse_attention
 from lighthouse import scorers as S
 from lighthouse.reference import compute_selection
+from memory_meter import largest_tensor
 from plain_reference import plain_scores_dilated
 
 
@@ -95,27 +95,6 @@ def test_layer_forward_backward_matches_dense_form():
     assert torch.equal(outs[0], outs[1])
     for a, b in zip(*grads):
         assert torch.equal(a, b)
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the number of elements of the largest tensor any op creates."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
-        return out
-
-
-def largest_tensor(fn) -> int:
-    with LargestTensor() as meter:
-        fn()
-    return meter.numel
 
 
 def test_memory_is_linear_in_n():

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lighthouse import LighthouseConfig
 from lighthouse.model import ModelArgs, Transformer, check_model_args
@@ -251,33 +250,6 @@ def test_gla_ablation_config_loads():
     dense = cfg.model.dense_layer_set()
     assert all((b.attention.wg is not None) == (i not in dense) for i, b in enumerate(model.layers))
 
-
-
-class DrawsOnMeta(TorchDispatchMode):
-    """Initialization on the meta device that draws from the CPU generator, as a build that the meta
-    device context did not reach does (it initializes on the CPU; seen in a test process, see
-    tests/poison.py): the trainer's first weights then depended on what ran earlier."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten.uniform_.default, torch.ops.aten.normal_.default) and args[0].is_meta:
-            torch.rand(1)
-        return func(*args, **(kwargs or {}))
-
-
-def test_build_model_gives_the_eager_weights_whatever_the_meta_build_draws():
-    from pathlib import Path
-
-    from lighthouse.trainer.build import build_model
-    from lighthouse.trainer.config import load_config
-
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.toml")
-    torch.manual_seed(11)
-    eager = Transformer(cfg.model, cfg.lighthouse)
-    torch.manual_seed(11)
-    with DrawsOnMeta():
-        built = build_model(cfg, "cpu")
-    for (name, a), (_, b) in zip(eager.state_dict().items(), built.state_dict().items()):
-        assert torch.equal(a, b), name
 
 
 def test_poisoned_empty_leaves_the_meta_device_context_working():

@@ -18,6 +18,7 @@ from lighthouse.loss import chunked_cross_entropy, cross_entropy
 from lighthouse.model import ModelArgs, Transformer
 from lighthouse.tokenizer import VOCAB_SIZE
 from lighthouse.trainer.precision import MasterWeights
+from memory_meter import LargestTensor
 
 N = 256
 SMALL = dict(dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden=64, dense_layers=[0])
@@ -144,19 +145,6 @@ def test_chunked_loss_equals_plain_loss(chunk):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8)
     with pytest.raises(ValueError, match="chunk"):
         chunked_cross_entropy(h, head, y, 0)
-
-
-class LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
-        return out
 
 
 def test_chunked_loss_never_holds_all_logits():

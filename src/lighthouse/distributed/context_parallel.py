@@ -303,7 +303,8 @@ def _attend_prefix(q_BHsD, k_BXtD, v_BXtD) -> torch.Tensor:
     gqa = q_BHsD.shape[1] != k_BXtD.shape[1]
     if s == t:
         return F.scaled_dot_product_attention(q_BHsD, k_BXtD, v_BXtD, is_causal=True, enable_gqa=gqa)
-    # Imported here: torch.nn.attention.bias loads torch._dynamo (over a second of every command's start-up).
+    # Imported here: torch.nn.attention.bias loads torch._dynamo, over a second of start-up for the commands
+    # that never come here (eval, sample, export build no optimizer, which would load it anyway).
     from torch.nn.attention.bias import causal_lower_right
 
     return F.scaled_dot_product_attention(q_BHsD, k_BXtD, v_BXtD, attn_mask=causal_lower_right(s, t), enable_gqa=gqa)

@@ -57,12 +57,7 @@ def build_model(cfg: Config, device: torch.device | str = "meta") -> Transformer
     Sharded training materializes after sharding (`Transformer.materialize`); either way the
     initial weights equal an eager build from the same RNG state.
     """
-    # The build must leave the CPU generator as it found it, so that `materialize` replays an eager
-    # build's draws. Seen once: `torch.device("meta")` had stopped applying to torch.empty in that
-    # process (PyTorch lists the functions it redirects on first use, and a test helper had replaced
-    # torch.empty at that moment), the model was built and initialized on the CPU, and its first
-    # weights depended on what ran before.
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+    with torch.device("meta"):
         model = Transformer(cfg.model, cfg.lighthouse)
     set_training_memory(model, cfg)
     if torch.device(device).type != "meta":
