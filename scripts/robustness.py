@@ -22,11 +22,16 @@ Arms (the same model, data order, seed and token budget; only the attention diff
   topk-only / causal-only Lighthouse for every step (its Lighthouse-evaluated bpb is a model score only when causal)
 
 Every finished run adds one object to --results (a JSON list; a run already there is replaced):
-corpus, seed, arm, settings, steps, tokens, train_s, final_bpb_dense (on --final-windows
+corpus, seed, arm, repeat, settings, steps, tokens, train_s, final_bpb_dense (on --final-windows
 validation windows, dense attention), the bpb at the switch with both attentions, the leak
 meter at the switch, and the time at which the run first reached the paired dense run's final bpb.
 Runs share one GPU when --parallel > 1, so train_s includes contention: compare the bpb at equal
 tokens, and times only between runs made with the same --parallel (the entry records it).
+
+Repeats: --repeat N (N >= 1) runs the same corpus, seed and arm again under new names (`-rN`): on a
+GPU the attention backward is not bitwise repeatable, so a repeat measures how far two runs of one
+configuration end apart. Differences between arms smaller than that spread say nothing. The last
+table printed is the mean over seeds and repeats of each arm's difference from its paired dense run.
 """
 
 from __future__ import annotations
@@ -125,15 +130,16 @@ def leak_curve(run_dir: Path) -> list[dict]:
             for r in read_metrics(run_dir) if r.get("kind") == "leak"]
 
 
-def entry(out: Path, corpus: str, seed: int, arm: str, settings: list[str], parallel: int, dense_name: str) -> dict:
-    name = run_name(corpus, seed, arm)
+def entry(out: Path, corpus: str, seed: int, arm: str, settings: list[str], parallel: int, dense_name: str,
+          repeat: int = 0) -> dict:
+    name = run_name(corpus, seed, arm, repeat)
     rows = stage_rows(out / name)
     final = json.loads((out / "evals" / name / "position.json").read_text())
     cfg = load_config(out / name / "config.toml")
     target = final_bpb(out / dense_name) if (out / dense_name).is_dir() else None
     reached = first_reaching(out / name, target) if target is not None and name != dense_name else None
     return {
-        "corpus": corpus, "seed": seed, "arm": arm, "settings": settings,
+        "corpus": corpus, "seed": seed, "arm": arm, "repeat": repeat, "settings": settings,
         "lighthouse": {"levels": cfg.lighthouse.levels, "pooling": cfg.lighthouse.pooling, "topk": cfg.lighthouse.topk,
                        "selection": cfg.lighthouse.selection},
         "lr": cfg.optim.lr, "seq_len": cfg.data.seq_len,
@@ -150,24 +156,27 @@ def entry(out: Path, corpus: str, seed: int, arm: str, settings: list[str], para
 
 
 def plot_matrix(results: list[dict], out: Path) -> None:
-    """Final dense-evaluated bpb minus the paired dense run's, per corpus and arm (one dot per seed),
+    """Final dense-evaluated bpb minus the paired dense run's, per corpus and arm (one dot per seed; repeats hollow),
     and the leak meter at the switch (span 1, with its standard error)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dense = {(r["corpus"], r["seed"]): r["final_bpb_dense"] for r in results if r["arm"] == "dense"}
+    dense = {key: r["final_bpb_dense"] for key, r in paired_dense(results).items()}
     corpora = sorted({r["corpus"] for r in results})
-    arms = sorted({r["arm"] for r in results if r["arm"] != "dense"})
+    arms = sorted({r["arm"] for r in results if r["arm"] != "dense" or r.get("repeat", 0)})  # dense repeats: the spread
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(1, len(arms))
     for j, arm in enumerate(arms):
         for i, corpus in enumerate(corpora):
-            rows = [r for r in results if (r["corpus"], r["arm"]) == (corpus, arm) and (corpus, r["seed"]) in dense]
+            rows = [r for r in results if (r["corpus"], r["arm"]) == (corpus, arm) and (corpus, r["seed"]) in dense
+                    and not (arm == "dense" and r.get("repeat", 0) == 0)]  # the baseline is not its own dot
             x = i + (j - (len(arms) - 1) / 2) * width
-            diffs = [r["final_bpb_dense"] - dense[(corpus, r["seed"])] for r in rows]
-            axes[0].scatter([x] * len(diffs), diffs, color=f"C{j}", label=arm if i == 0 else None, zorder=3)
+            for again in (False, True):  # repeats of a configuration as hollow dots
+                diffs = [r["final_bpb_dense"] - dense[(corpus, r["seed"])] for r in rows if bool(r.get("repeat")) == again]
+                axes[0].scatter([x] * len(diffs), diffs, color=f"C{j}", facecolors="none" if again else f"C{j}",
+                                label=arm if i == 0 and not again else None, zorder=3)
             leaks = [r["switch_leak"][0] for r in rows if r.get("switch_leak")]
             axes[1].errorbar([x] * len(leaks), [lk["mean_nats"] for lk in leaks], yerr=[lk["stderr"] for lk in leaks],
                              fmt="o", color=f"C{j}", capsize=3, label=arm if i == 0 else None)
@@ -183,8 +192,33 @@ def plot_matrix(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def run_name(corpus: str, seed: int, arm: str) -> str:
-    return f"{corpus}-s{seed}-{arm}"
+def run_name(corpus: str, seed: int, arm: str, repeat: int = 0) -> str:
+    return f"{corpus}-s{seed}-{arm}" + (f"-r{repeat}" if repeat else "")
+
+
+def run_key(r: dict) -> tuple:
+    """What identifies a run in the results: entries from before repeats existed are repeat 0."""
+    return r["corpus"], r["seed"], r["arm"], r.get("repeat", 0)
+
+
+def paired_dense(results: list[dict]) -> dict[tuple[str, int], dict]:
+    """Each (corpus, seed)'s dense run, the first of its repeats: the baseline every arm is compared with."""
+    dense = {}
+    for r in sorted((r for r in results if r["arm"] == "dense"), key=run_key):
+        dense.setdefault((r["corpus"], r["seed"]), r)
+    return dense
+
+
+def summary_rows(results: list[dict]) -> list[dict]:
+    """Per corpus and arm: the final dense-evaluated bpb minus the paired dense run's, over seeds and repeats."""
+    dense = paired_dense(results)
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        base = dense.get((r["corpus"], r["seed"]))
+        if base is not None and r is not base:
+            groups.setdefault((r["corpus"], r["arm"]), []).append(r["final_bpb_dense"] - base["final_bpb_dense"])
+    return [{"corpus": c, "arm": a, "runs": len(d), "mean": statistics.fmean(d), "min": min(d), "max": max(d)}
+            for (c, a), d in sorted(groups.items())]
 
 
 def main() -> int:
@@ -197,6 +231,7 @@ def main() -> int:
                     help="your own corpus (files, one document each), added to --corpora; repeatable")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--arms", default="dense,topk,causal")
+    ap.add_argument("--repeat", type=int, default=0, help="run every configuration again as repeat N (>= 1; see above)")
     ap.add_argument("--lr", type=float, help="learning rate of every run (default: the config's)")
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time on the one device")
     ap.add_argument("--device", default="0", help="CUDA device id, or 'cpu'")
@@ -216,6 +251,8 @@ def main() -> int:
     corpora = [c for c in args.corpora.split(",") if c] + [c for c in own if c not in args.corpora.split(",")]
     if not corpora:
         raise SystemExit("no corpus: give --corpora and/or --corpus NAME=GLOB")
+    if args.repeat < 0:
+        raise SystemExit(f"--repeat {args.repeat}: give 0 (the first run) or a repeat number >= 1")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     arms = [a for a in args.arms.split(",") if a]
     common = list(args.overrides) + ([f"optim.lr={args.lr}"] if args.lr else [])
@@ -225,7 +262,7 @@ def main() -> int:
     for seed in seeds:
         for arm in arms:  # arms outer, corpora inner: the parallel slots mix corpora
             for corpus in corpora:
-                name = run_name(corpus, seed, arm)
+                name = run_name(corpus, seed, arm, args.repeat)
                 settings = arm_settings(arm, cfg)
                 overrides = [*common, *corpus_overrides(corpus, own), f"training.seed={seed}", *settings]
                 chain = train_chain(args.config, name, out, overrides, cfg.total_steps)
@@ -241,25 +278,29 @@ def main() -> int:
     results = json.loads(results_path.read_text()) if results_path.is_file() else []
     done = 0
     for corpus, seed, arm, settings in planned:
-        name = run_name(corpus, seed, arm)
+        name = run_name(corpus, seed, arm, args.repeat)
         if not (out / "evals" / name / "position.json").is_file():
             continue
-        new = entry(out, corpus, seed, arm, settings, args.parallel, run_name(corpus, seed, "dense"))
-        results = [r for r in results if (r["corpus"], r["seed"], r["arm"]) != (corpus, seed, arm)] + [new]
+        new = entry(out, corpus, seed, arm, settings, args.parallel, run_name(corpus, seed, "dense"), args.repeat)
+        results = [r for r in results if run_key(r) != run_key(new)] + [new]
         done += 1
-    results.sort(key=lambda r: (r["corpus"], r["seed"], r["arm"]))
+    results.sort(key=run_key)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"{'corpus':<8} {'seed':>4} {'arm':<12} {'final bpb (dense)':>17} {'vs dense':>9} {'switch LH/dense':>16} "
           f"{'leak@switch':>12} {'train s':>8}")
-    by_key = {(r["corpus"], r["seed"], r["arm"]): r for r in results}
+    dense = paired_dense(results)
     for r in results:
-        base = by_key.get((r["corpus"], r["seed"], "dense"))
+        base = dense.get((r["corpus"], r["seed"]))
         diff = f"{r['final_bpb_dense'] - base['final_bpb_dense']:+.3f}" if base else "-"
         switch = (f"{r['switch_bpb_lighthouse']:.3f}/{r['switch_bpb_dense']:.3f}" if "switch_bpb_dense" in r else "-")
         leak = f"{r['switch_leak'][0]['mean_nats']:+.4f}" if r.get("switch_leak") else "-"
-        print(f"{r['corpus']:<8} {r['seed']:>4} {r['arm']:<12} {r['final_bpb_dense']:>17.4f} {diff:>9} {switch:>16} "
+        arm = r["arm"] + (f" r{r['repeat']}" if r.get("repeat") else "")
+        print(f"{r['corpus']:<8} {r['seed']:>4} {arm:<12} {r['final_bpb_dense']:>17.4f} {diff:>9} {switch:>16} "
               f"{leak:>12} {r['train_s']:>8.1f}")
+    print(f"\n{'corpus':<8} {'arm':<12} {'runs':>4} {'vs dense: mean':>15} {'min':>8} {'max':>8}")
+    for row in summary_rows(results):
+        print(f"{row['corpus']:<8} {row['arm']:<12} {row['runs']:>4} {row['mean']:>+15.3f} {row['min']:>+8.3f} {row['max']:>+8.3f}")
     print(f"{done} of {len(planned)} planned runs finished; {results_path}" + ("" if finished else " (run again to continue)"))
     return 0 if finished else 3
 

@@ -59,9 +59,9 @@ def test_your_own_corpus_is_files_one_document_each():
             robustness.parse_corpus_flag(bad)
 
 
-def run_matrix(tmp_path: Path, corpus: Path) -> subprocess.CompletedProcess:
+def run_matrix(tmp_path: Path, corpus: Path, *extra: str, arms: str = "dense,causal") -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "scripts" / "robustness.py"), "--config", str(REPO / "configs" / "demo.toml"),
-           "--corpora", "", "--corpus", f"toy={corpus}/*.txt", "--arms", "dense,causal", "--device", "cpu",
+           "--corpora", "", "--corpus", f"toy={corpus}/*.txt", "--arms", arms, "--device", "cpu", *extra,
            "--out", str(tmp_path / "matrix"), "--results", str(tmp_path / "results.json"), "--final-windows", "2",
            "--deadline", "600", *[x for s in TOY for x in ("--set", s)]]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
@@ -92,3 +92,29 @@ def test_toy_matrix_on_your_own_corpus(tmp_path):
     again = run_matrix(tmp_path, corpus)  # finished runs are not launched again, the entries stay
     assert "toy-s0-dense: finished, not launched again" in again.stdout
     assert json.loads((tmp_path / "results.json").read_text()) == results
+
+    # A repeat is a new run beside the first, compared with the first dense run; on the CPU training is
+    # bitwise repeatable, so a dense repeat ends exactly where the first dense run did.
+    repeat = run_matrix(tmp_path, corpus, "--repeat", "1", arms="dense")
+    assert "toy-s0-dense-r1" in repeat.stdout and "toy-s0-dense: finished" not in repeat.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["arm"], r["repeat"]) for r in results] == [("causal", 0), ("dense", 0), ("dense", 1)]
+    assert results[2]["final_bpb_dense"] == results[1]["final_bpb_dense"]
+    rows = {row["arm"]: row for row in robustness.summary_rows(results)}
+    assert rows["dense"]["runs"] == 1 and rows["dense"]["mean"] == 0.0
+    assert rows["causal"]["mean"] == pytest.approx(results[0]["final_bpb_dense"] - results[1]["final_bpb_dense"])
+
+
+def test_summary_pairs_every_run_with_its_seeds_first_dense_run():
+    def run(seed, arm, bpb, repeat=None):
+        return {"corpus": "c", "seed": seed, "arm": arm, "final_bpb_dense": bpb,
+                **({} if repeat is None else {"repeat": repeat})}  # entries from before repeats have no key
+    results = [run(0, "dense", 3.0), run(0, "dense", 3.2, repeat=1), run(1, "dense", 2.5),
+               run(0, "causal", 3.4), run(0, "causal", 3.1, repeat=1), run(1, "causal", 2.8), run(2, "causal", 1.0)]
+    rows = {row["arm"]: row for row in robustness.summary_rows(results)}
+    assert rows["causal"]["runs"] == 3  # seed 2 has no dense run: not compared
+    assert rows["causal"]["mean"] == pytest.approx((0.4 + 0.1 + 0.3) / 3)
+    assert (rows["causal"]["min"], rows["causal"]["max"]) == (pytest.approx(0.1), pytest.approx(0.4))
+    assert rows["dense"] == {"corpus": "c", "arm": "dense", "runs": 1, "mean": pytest.approx(0.2),
+                             "min": pytest.approx(0.2), "max": pytest.approx(0.2)}
+    assert robustness.run_name("c", 0, "causal", 2) == "c-s0-causal-r2" and robustness.run_name("c", 0, "causal") == "c-s0-causal"
