@@ -295,3 +295,21 @@ def test_kill_and_resume_is_exact(tmp_path):
     ref_evals = [r["val_bpb"] for r in read_metrics(tmp_path / "runs" / "ref") if r["kind"] == "stage_end"]
     got_evals = [r["val_bpb"] for r in read_metrics(run_dir) if r["kind"] == "stage_end"]
     assert got_evals == ref_evals
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_deterministic_algorithms_warn_only(compiled):
+    """The trainer's deterministic mode: ATen's flag in warn-only mode, and the compiler's flag too
+    when the run compiles (the plain path skips importing the compiler for a faster start)."""
+    from lighthouse.trainer.loop import deterministic_algorithms
+
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        deterministic_algorithms(compiled=compiled)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        if compiled:
+            import torch._inductor.config as inductor_config
+
+            assert inductor_config.deterministic
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

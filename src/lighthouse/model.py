@@ -87,6 +87,16 @@ class RopeTables:
         return self._cache[key]
 
 
+class Embedding(nn.Embedding):
+    """`nn.Embedding` that skips its default init on the meta device, where it writes nothing: torch's
+    meta `normal_` loads torch._dynamo, about 2 s of start-up in every process that builds a model.
+    `Transformer.materialize` runs the init once the weight has memory."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -212,7 +222,7 @@ class Transformer(nn.Module):
         check_model_args(args)
         self.args = args
         self.lighthouse = lighthouse if lighthouse is not None else LighthouseConfig()
-        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.tok_embeddings = Embedding(args.vocab_size, args.dim)
         gla = self.lighthouse.scorer == "gla" or isinstance(self.lighthouse.scorer, GLAScorer)
         dense = args.dense_layer_set()
         self.layers = nn.ModuleList(Block(args, gla_gate=gla and i not in dense) for i in range(args.n_layers))
