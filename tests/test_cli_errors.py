@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +216,17 @@ def test_a_reader_that_goes_away_ends_sampling_quietly(world):
         proc.kill()
     assert proc.returncode == 128 + signal.SIGPIPE, stderr
     assert "error" not in stderr.lower() and "Traceback" not in stderr, stderr
+
+
+def test_a_failed_eval_leaves_no_folder_it_made(world, capsys):
+    """`eval --out` makes its folder before the work (so an unwritable one fails first); when the work
+    then fails, the folders it made go again, and a folder that was already there stays."""
+    tmp, names = world
+    new = Path(names["tmp"]) / "new" / "evals"
+    code, err = run_cli(["eval", "--checkpoint", names["damaged"], "--task", "position", "--out", str(new)], capsys)
+    assert code == 2 and err.startswith("error: ") and not new.parent.exists()
+    kept = Path(names["tmp"]) / "kept"
+    kept.mkdir()
+    code, err = run_cli(["eval", "--checkpoint", names["tmp"] + "/nothing", "--task", "leak", "--out", str(kept)], capsys)
+    assert code == 2 and kept.is_dir()
+    kept.rmdir()

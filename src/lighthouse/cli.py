@@ -173,21 +173,27 @@ def _warn(msg: str) -> None:
 
 def cmd_eval(args) -> int:
     from .eval_tasks import parse_depths, parse_lengths
-    from .evals.bpb import evaluate
-    from .trainer.build import autocast_dtype, load_trained, resolve_device
     from .trainer.config import ConfigError
-    from .trainer.data import ByteData
-    from .trainer.folders import writable_folder
+    from .trainer.folders import output_folder
 
     if args.lengths is not None:  # checked before the checkpoint is loaded
         parse_lengths(args.lengths)
     if args.depths is not None:
         parse_depths(args.depths)
-    if args.out is not None:
-        if args.task == "bpb":
-            raise ConfigError("--out: --task bpb prints its one number and writes nothing; --out is for --task "
-                              "position, passkey or leak")
-        writable_folder(args.out, "--out")
+    if args.out is None:
+        return _eval(args)
+    if args.task == "bpb":
+        raise ConfigError("--out: --task bpb prints its one number and writes nothing; --out is for --task "
+                          "position, passkey or leak")
+    with output_folder(args.out, "--out"):  # made now (checked before the work), gone again if the work fails
+        return _eval(args)
+
+
+def _eval(args) -> int:
+    from .evals.bpb import evaluate
+    from .trainer.build import autocast_dtype, load_trained, resolve_device
+    from .trainer.data import ByteData
+
     overrides = list(args.overrides)
     if args.device:
         resolve_device(args.device, what="--device")

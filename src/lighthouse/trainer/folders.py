@@ -8,13 +8,17 @@ A folder that is not a run and holds anything but the lock is never trained into
 
 `check_run_dir` decides all of this before a single file is touched (the command checks every
 run of an invocation, the baseline's too, before training the first); `clear_run` is the one
-place that deletes. `writable_folder` checks an output folder before the work that fills it.
+place that deletes. `writable_folder` checks an output folder before the work that fills it;
+`output_folder` also takes it away again, with the parents it made, when the work fails before
+writing anything there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT_DIR
@@ -138,6 +142,25 @@ def writable_folder(path: str | Path, what: str) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise RunDirError(f"{what} {path}: the folder is not writable")
     return path
+
+
+@contextlib.contextmanager
+def output_folder(path: str | Path, what: str) -> Iterator[Path]:
+    """`writable_folder(path, what)` for the body of the command that fills it. If the body fails
+    (a bad checkpoint, Ctrl-C), the folders this made and the body left empty are removed: a failed
+    command leaves no empty folder behind, and never removes one that was there or holds a file."""
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    folder = writable_folder(path, what)
+    try:
+        yield folder
+    except BaseException:
+        for p in made:
+            try:
+                p.rmdir()  # only an empty folder goes
+            except OSError:
+                break
+        raise
 
 
 def writable_file(path: str | Path, what: str) -> Path:
