@@ -28,7 +28,7 @@ meter at the switch, and the time at which the run first reached the paired dens
 Runs share one GPU when --parallel > 1, so train_s includes contention: compare the bpb at equal
 tokens, and times only between runs made with the same --parallel (the entry records it).
 
-Repeats: --repeat N (N >= 1) runs the same corpus, seed and arm again under new names (`-rN`): on a
+Repeats: --repeats 0,1 runs every configuration twice, the second under a new name (`-r1`): on a
 GPU the attention backward is not bitwise repeatable, so a repeat measures how far two runs of one
 configuration end apart. Differences between arms smaller than that spread say nothing. The last
 table printed is the mean over seeds and repeats of each arm's difference from its paired dense run.
@@ -196,6 +196,14 @@ def run_name(corpus: str, seed: int, arm: str, repeat: int = 0) -> str:
     return f"{corpus}-s{seed}-{arm}" + (f"-r{repeat}" if repeat else "")
 
 
+def parse_repeats(text: str) -> list[int]:
+    """`--repeats 0,1,2`: which runs of every configuration (0 the first), in order, each once."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise SystemExit(f"--repeats {text!r}: give distinct run numbers >= 0, e.g. 0 (the first run) or 0,1,2")
+    return [int(p) for p in parts]
+
+
 def run_key(r: dict) -> tuple:
     """What identifies a run in the results: entries from before repeats existed are repeat 0."""
     return r["corpus"], r["seed"], r["arm"], r.get("repeat", 0)
@@ -231,7 +239,7 @@ def main() -> int:
                     help="your own corpus (files, one document each), added to --corpora; repeatable")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--arms", default="dense,topk,causal")
-    ap.add_argument("--repeat", type=int, default=0, help="run every configuration again as repeat N (>= 1; see above)")
+    ap.add_argument("--repeats", default="0", help="which runs of every configuration: 0 the first, 1.. repeats (see above)")
     ap.add_argument("--lr", type=float, help="learning rate of every run (default: the config's)")
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time on the one device")
     ap.add_argument("--device", default="0", help="CUDA device id, or 'cpu'")
@@ -251,18 +259,17 @@ def main() -> int:
     corpora = [c for c in args.corpora.split(",") if c] + [c for c in own if c not in args.corpora.split(",")]
     if not corpora:
         raise SystemExit("no corpus: give --corpora and/or --corpus NAME=GLOB")
-    if args.repeat < 0:
-        raise SystemExit(f"--repeat {args.repeat}: give 0 (the first run) or a repeat number >= 1")
+    repeats = parse_repeats(args.repeats)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     arms = [a for a in args.arms.split(",") if a]
     common = list(args.overrides) + ([f"optim.lr={args.lr}"] if args.lr else [])
     runner = Runner([args.device] * args.parallel, time.time() + args.deadline, out / "logs")
 
     jobs, planned = [], []
-    for seed in seeds:
+    for seed, repeat in ((s, r) for r in repeats for s in seeds):
         for arm in arms:  # arms outer, corpora inner: the parallel slots mix corpora
             for corpus in corpora:
-                name = run_name(corpus, seed, arm, args.repeat)
+                name = run_name(corpus, seed, arm, repeat)
                 settings = arm_settings(arm, cfg)
                 overrides = [*common, *corpus_overrides(corpus, own), f"training.seed={seed}", *settings]
                 chain = train_chain(args.config, name, out, overrides, cfg.total_steps)
@@ -271,17 +278,17 @@ def main() -> int:
                                   "--task", "position", "--attention", "dense", "--windows", str(args.final_windows),
                                   "--out", str(out / "evals" / name)])
                 jobs.append((name, chain))
-                planned.append((corpus, seed, arm, settings))
+                planned.append((corpus, seed, arm, repeat, settings))
     finished = runner.run_all(jobs)
 
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else []
     done = 0
-    for corpus, seed, arm, settings in planned:
-        name = run_name(corpus, seed, arm, args.repeat)
+    for corpus, seed, arm, repeat, settings in planned:
+        name = run_name(corpus, seed, arm, repeat)
         if not (out / "evals" / name / "position.json").is_file():
             continue
-        new = entry(out, corpus, seed, arm, settings, args.parallel, run_name(corpus, seed, "dense"), args.repeat)
+        new = entry(out, corpus, seed, arm, settings, args.parallel, run_name(corpus, seed, "dense"), repeat)
         results = [r for r in results if run_key(r) != run_key(new)] + [new]
         done += 1
     results.sort(key=run_key)

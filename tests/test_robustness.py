@@ -89,20 +89,17 @@ def test_toy_matrix_on_your_own_corpus(tmp_path):
     assert causal["switch_leak"] and all(span["mean_nats"] == 0.0 for span in causal["switch_leak"])
     assert "switch_step" not in dense
 
-    again = run_matrix(tmp_path, corpus)  # finished runs are not launched again, the entries stay
-    assert "toy-s0-dense: finished, not launched again" in again.stdout
-    assert json.loads((tmp_path / "results.json").read_text()) == results
-
-    # A repeat is a new run beside the first, compared with the first dense run; on the CPU training is
-    # bitwise repeatable, so a dense repeat ends exactly where the first dense run did.
-    repeat = run_matrix(tmp_path, corpus, "--repeat", "1", arms="dense")
-    assert "toy-s0-dense-r1" in repeat.stdout and "toy-s0-dense: finished" not in repeat.stdout
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert [(r["arm"], r["repeat"]) for r in results] == [("causal", 0), ("dense", 0), ("dense", 1)]
-    assert results[2]["final_bpb_dense"] == results[1]["final_bpb_dense"]
-    rows = {row["arm"]: row for row in robustness.summary_rows(results)}
-    assert rows["dense"]["runs"] == 1 and rows["dense"]["mean"] == 0.0
-    assert rows["causal"]["mean"] == pytest.approx(results[0]["final_bpb_dense"] - results[1]["final_bpb_dense"])
+    # Again, with a repeat of the dense arm: the finished runs are not launched again and keep their
+    # entries; the repeat is a new run beside the first, compared with the first dense run. On the CPU
+    # training is bitwise repeatable, so the repeat ends exactly where the first dense run did.
+    again = run_matrix(tmp_path, corpus, "--repeats", "0,1", arms="dense")
+    assert "toy-s0-dense: finished, not launched again" in again.stdout and "toy-s0-dense-r1" in again.stdout
+    now = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["arm"], r["repeat"]) for r in now] == [("causal", 0), ("dense", 0), ("dense", 1)]
+    assert now[:2] == results and now[2]["final_bpb_dense"] == dense["final_bpb_dense"]
+    rows = {row["arm"]: row for row in robustness.summary_rows(now)}
+    assert (rows["dense"]["runs"], rows["dense"]["mean"]) == (1, 0.0)
+    assert rows["causal"]["mean"] == pytest.approx(causal["final_bpb_dense"] - dense["final_bpb_dense"])
 
 
 def test_summary_pairs_every_run_with_its_seeds_first_dense_run():
@@ -118,3 +115,7 @@ def test_summary_pairs_every_run_with_its_seeds_first_dense_run():
     assert rows["dense"] == {"corpus": "c", "arm": "dense", "runs": 1, "mean": pytest.approx(0.2),
                              "min": pytest.approx(0.2), "max": pytest.approx(0.2)}
     assert robustness.run_name("c", 0, "causal", 2) == "c-s0-causal-r2" and robustness.run_name("c", 0, "causal") == "c-s0-causal"
+    assert robustness.parse_repeats("0") == [0] and robustness.parse_repeats("0, 1,2") == [0, 1, 2]
+    for bad in ("", "x", "-1", "0,0", "1,"):
+        with pytest.raises(SystemExit, match="--repeats"):
+            robustness.parse_repeats(bad)
