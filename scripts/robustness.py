@@ -28,6 +28,9 @@ meter at the switch, and the time at which the run first reached the paired dens
 Runs share one GPU when --parallel > 1, so train_s includes contention: compare the bpb at equal
 tokens, and times only between runs made with the same --parallel (the entry records it).
 
+Learning rates: --lrs 1e-3,2e-3 runs every configuration at each; runs at another rate than the
+config's are named `-lr<rate>` and are compared only with the dense run of the same rate.
+
 Repeats: --repeats 0,1 runs every configuration twice, the second under a new name (`-r1`): on a
 GPU the attention backward is not bitwise repeatable, so a repeat measures how far two runs of one
 configuration end apart. Differences between arms smaller than that spread say nothing. The last
@@ -130,9 +133,8 @@ def leak_curve(run_dir: Path) -> list[dict]:
             for r in read_metrics(run_dir) if r.get("kind") == "leak"]
 
 
-def entry(out: Path, corpus: str, seed: int, arm: str, settings: list[str], parallel: int, dense_name: str,
-          repeat: int = 0) -> dict:
-    name = run_name(corpus, seed, arm, repeat)
+def entry(out: Path, name: str, corpus: str, seed: int, arm: str, settings: list[str], parallel: int,
+          dense_name: str, repeat: int = 0) -> dict:
     rows = stage_rows(out / name)
     final = json.loads((out / "evals" / name / "position.json").read_text())
     cfg = load_config(out / name / "config.toml")
@@ -163,23 +165,27 @@ def plot_matrix(results: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dense = {key: r["final_bpb_dense"] for key, r in paired_dense(results).items()}
+    dense = paired_dense(results)
     corpora = sorted({r["corpus"] for r in results})
-    arms = sorted({r["arm"] for r in results if r["arm"] != "dense" or r.get("repeat", 0)})  # dense repeats: the spread
+    one_lr = len({r["lr"] for r in results}) == 1
+    # one colour per arm and learning rate; dense repeats show the spread (the first dense run is the zero line)
+    variants = sorted({(r["arm"], r["lr"]) for r in results if r["arm"] != "dense" or r.get("repeat", 0)})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.8 / max(1, len(arms))
-    for j, arm in enumerate(arms):
+    width = 0.8 / max(1, len(variants))
+    for j, (arm, lr) in enumerate(variants):
+        label = arm if one_lr else f"{arm} lr {lr:g}"
         for i, corpus in enumerate(corpora):
-            rows = [r for r in results if (r["corpus"], r["arm"]) == (corpus, arm) and (corpus, r["seed"]) in dense
-                    and not (arm == "dense" and r.get("repeat", 0) == 0)]  # the baseline is not its own dot
-            x = i + (j - (len(arms) - 1) / 2) * width
+            rows = [r for r in results if (r["corpus"], r["arm"], r["lr"]) == (corpus, arm, lr)
+                    and dense.get(pair_key(r)) not in (None, r)]
+            x = i + (j - (len(variants) - 1) / 2) * width
             for again in (False, True):  # repeats of a configuration as hollow dots
-                diffs = [r["final_bpb_dense"] - dense[(corpus, r["seed"])] for r in rows if bool(r.get("repeat")) == again]
+                diffs = [r["final_bpb_dense"] - dense[pair_key(r)]["final_bpb_dense"] for r in rows
+                         if bool(r.get("repeat")) == again]
                 axes[0].scatter([x] * len(diffs), diffs, color=f"C{j}", facecolors="none" if again else f"C{j}",
-                                label=arm if i == 0 and not again else None, zorder=3)
+                                label=label if i == 0 and not again else None, zorder=3)
             leaks = [r["switch_leak"][0] for r in rows if r.get("switch_leak")]
             axes[1].errorbar([x] * len(leaks), [lk["mean_nats"] for lk in leaks], yerr=[lk["stderr"] for lk in leaks],
-                             fmt="o", color=f"C{j}", capsize=3, label=arm if i == 0 else None)
+                             fmt="o", color=f"C{j}", capsize=3, label=label if i == 0 else None)
     for ax, title in ((axes[0], "final bpb (dense evaluation) minus dense's, equal tokens"),
                       (axes[1], "leak meter at the switch: loss change at t when byte t+1 is replaced (nats)")):
         ax.axhline(0.0, color="grey", linewidth=1)
@@ -192,8 +198,9 @@ def plot_matrix(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def run_name(corpus: str, seed: int, arm: str, repeat: int = 0) -> str:
-    return f"{corpus}-s{seed}-{arm}" + (f"-r{repeat}" if repeat else "")
+def run_name(corpus: str, seed: int, arm: str, repeat: int = 0, lr: float | None = None) -> str:
+    """The run's folder name; `lr` only when it is not the config's (so the default runs keep their names)."""
+    return f"{corpus}-s{seed}-{arm}" + (f"-lr{lr:g}" if lr is not None else "") + (f"-r{repeat}" if repeat else "")
 
 
 def parse_repeats(text: str) -> list[int]:
@@ -204,29 +211,48 @@ def parse_repeats(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
+def parse_lrs(text: str, default: float) -> list[float | None]:
+    """`--lrs 1e-3,2e-3`: the learning rates to run; None stands for the config's own (runs keep their names)."""
+    if not text.strip():
+        return [None]
+    try:
+        lrs = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--lrs {text!r}: give learning rates, e.g. 1e-3,2e-3") from None
+    if not all(0 < lr < 1 for lr in lrs) or len(set(lrs)) != len(lrs):
+        raise SystemExit(f"--lrs {text!r}: give distinct learning rates between 0 and 1, e.g. 1e-3,2e-3")
+    return [None if lr == default else lr for lr in lrs]
+
+
 def run_key(r: dict) -> tuple:
-    """What identifies a run in the results: entries from before repeats existed are repeat 0."""
-    return r["corpus"], r["seed"], r["arm"], r.get("repeat", 0)
+    """What identifies a run in the results (entries from before repeats existed are repeat 0)."""
+    return r["corpus"], r["lr"], r["seed"], r["arm"], r.get("repeat", 0)
 
 
-def paired_dense(results: list[dict]) -> dict[tuple[str, int], dict]:
-    """Each (corpus, seed)'s dense run, the first of its repeats: the baseline every arm is compared with."""
+def pair_key(r: dict) -> tuple:
+    """The runs compared with each other: same corpus, learning rate and seed."""
+    return r["corpus"], r["lr"], r["seed"]
+
+
+def paired_dense(results: list[dict]) -> dict[tuple, dict]:
+    """The dense run of each corpus, learning rate and seed (the first of its repeats): every arm's baseline."""
     dense = {}
     for r in sorted((r for r in results if r["arm"] == "dense"), key=run_key):
-        dense.setdefault((r["corpus"], r["seed"]), r)
+        dense.setdefault(pair_key(r), r)
     return dense
 
 
 def summary_rows(results: list[dict]) -> list[dict]:
-    """Per corpus and arm: the final dense-evaluated bpb minus the paired dense run's, over seeds and repeats."""
+    """Per corpus, learning rate and arm: the final dense-evaluated bpb minus the paired dense run's, over
+    seeds and repeats."""
     dense = paired_dense(results)
-    groups: dict[tuple[str, str], list[float]] = {}
+    groups: dict[tuple[str, float, str], list[float]] = {}
     for r in results:
-        base = dense.get((r["corpus"], r["seed"]))
+        base = dense.get(pair_key(r))
         if base is not None and r is not base:
-            groups.setdefault((r["corpus"], r["arm"]), []).append(r["final_bpb_dense"] - base["final_bpb_dense"])
-    return [{"corpus": c, "arm": a, "runs": len(d), "mean": statistics.fmean(d), "min": min(d), "max": max(d)}
-            for (c, a), d in sorted(groups.items())]
+            groups.setdefault((r["corpus"], r["lr"], r["arm"]), []).append(r["final_bpb_dense"] - base["final_bpb_dense"])
+    return [{"corpus": c, "lr": lr, "arm": a, "runs": len(d), "mean": statistics.fmean(d), "min": min(d), "max": max(d)}
+            for (c, lr, a), d in sorted(groups.items())]
 
 
 def main() -> int:
@@ -240,7 +266,7 @@ def main() -> int:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--arms", default="dense,topk,causal")
     ap.add_argument("--repeats", default="0", help="which runs of every configuration: 0 the first, 1.. repeats (see above)")
-    ap.add_argument("--lr", type=float, help="learning rate of every run (default: the config's)")
+    ap.add_argument("--lrs", default="", help="learning rates, each a run of every configuration (default: the config's)")
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time on the one device")
     ap.add_argument("--device", default="0", help="CUDA device id, or 'cpu'")
     ap.add_argument("--deadline", type=float, default=540.0, help="seconds this invocation may run")
@@ -262,52 +288,53 @@ def main() -> int:
     repeats = parse_repeats(args.repeats)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     arms = [a for a in args.arms.split(",") if a]
-    common = list(args.overrides) + ([f"optim.lr={args.lr}"] if args.lr else [])
+    lrs = parse_lrs(args.lrs, cfg.optim.lr)
     runner = Runner([args.device] * args.parallel, time.time() + args.deadline, out / "logs")
 
     jobs, planned = [], []
-    for seed, repeat in ((s, r) for r in repeats for s in seeds):
+    for lr, seed, repeat in ((lr, s, r) for r in repeats for lr in lrs for s in seeds):
         for arm in arms:  # arms outer, corpora inner: the parallel slots mix corpora
             for corpus in corpora:
-                name = run_name(corpus, seed, arm, repeat)
+                name = run_name(corpus, seed, arm, repeat, lr)
                 settings = arm_settings(arm, cfg)
-                overrides = [*common, *corpus_overrides(corpus, own), f"training.seed={seed}", *settings]
+                overrides = [*args.overrides, *([f"optim.lr={lr}"] if lr is not None else []),
+                             *corpus_overrides(corpus, own), f"training.seed={seed}", *settings]
                 chain = train_chain(args.config, name, out, overrides, cfg.total_steps)
                 if not (out / "evals" / name / "position.json").is_file():
                     chain.append([sys.executable, "-m", "lighthouse", "eval", "--checkpoint", str(out / name),
                                   "--task", "position", "--attention", "dense", "--windows", str(args.final_windows),
                                   "--out", str(out / "evals" / name)])
                 jobs.append((name, chain))
-                planned.append((corpus, seed, arm, repeat, settings))
+                planned.append((name, corpus, seed, arm, repeat, settings, run_name(corpus, seed, "dense", 0, lr)))
     finished = runner.run_all(jobs)
 
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else []
     done = 0
-    for corpus, seed, arm, repeat, settings in planned:
-        name = run_name(corpus, seed, arm, repeat)
+    for name, corpus, seed, arm, repeat, settings, dense_name in planned:
         if not (out / "evals" / name / "position.json").is_file():
             continue
-        new = entry(out, corpus, seed, arm, settings, args.parallel, run_name(corpus, seed, "dense"), repeat)
+        new = entry(out, name, corpus, seed, arm, settings, args.parallel, dense_name, repeat)
         results = [r for r in results if run_key(r) != run_key(new)] + [new]
         done += 1
     results.sort(key=run_key)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"{'corpus':<8} {'seed':>4} {'arm':<12} {'final bpb (dense)':>17} {'vs dense':>9} {'switch LH/dense':>16} "
+    print(f"{'corpus':<8} {'lr':>7} {'seed':>4} {'arm':<12} {'final bpb (dense)':>17} {'vs dense':>9} {'switch LH/dense':>16} "
           f"{'leak@switch':>12} {'train s':>8}")
     dense = paired_dense(results)
     for r in results:
-        base = dense.get((r["corpus"], r["seed"]))
+        base = dense.get(pair_key(r))
         diff = f"{r['final_bpb_dense'] - base['final_bpb_dense']:+.3f}" if base else "-"
         switch = (f"{r['switch_bpb_lighthouse']:.3f}/{r['switch_bpb_dense']:.3f}" if "switch_bpb_dense" in r else "-")
         leak = f"{r['switch_leak'][0]['mean_nats']:+.4f}" if r.get("switch_leak") else "-"
         arm = r["arm"] + (f" r{r['repeat']}" if r.get("repeat") else "")
-        print(f"{r['corpus']:<8} {r['seed']:>4} {arm:<12} {r['final_bpb_dense']:>17.4f} {diff:>9} {switch:>16} "
+        print(f"{r['corpus']:<8} {r['lr']:>7g} {r['seed']:>4} {arm:<12} {r['final_bpb_dense']:>17.4f} {diff:>9} {switch:>16} "
               f"{leak:>12} {r['train_s']:>8.1f}")
-    print(f"\n{'corpus':<8} {'arm':<12} {'runs':>4} {'vs dense: mean':>15} {'min':>8} {'max':>8}")
+    print(f"\n{'corpus':<8} {'lr':>7} {'arm':<12} {'runs':>4} {'vs dense: mean':>15} {'min':>8} {'max':>8}")
     for row in summary_rows(results):
-        print(f"{row['corpus']:<8} {row['arm']:<12} {row['runs']:>4} {row['mean']:>+15.3f} {row['min']:>+8.3f} {row['max']:>+8.3f}")
+        print(f"{row['corpus']:<8} {row['lr']:>7g} {row['arm']:<12} {row['runs']:>4} {row['mean']:>+15.3f} "
+              f"{row['min']:>+8.3f} {row['max']:>+8.3f}")
     print(f"{done} of {len(planned)} planned runs finished; {results_path}" + ("" if finished else " (run again to continue)"))
     return 0 if finished else 3
 
