@@ -16,6 +16,7 @@ from lighthouse.trainer.data import (
     DataStats,
     DocStream,
     FileGroup,
+    InterleavedWindows,
     PackedWindows,
     SourceFile,
     byte_split_point,
@@ -461,3 +462,37 @@ def test_one_file_corpus_trains(tmp_path):
     })
     result = train(cfg, echo=lambda *a: None)
     assert [r["stage"] for r in result.rows] == [1] and 0 < result.rows[0]["val_bpb"] < 10
+
+
+def test_interleaved_streams_spread_a_long_document_and_resume_exactly(tmp_path):
+    """data.streams = k: window i comes from stream i mod k, each a packed stream over every k-th
+    document unit; a long document fills every k-th window, not consecutive ones; the state
+    resumes exactly, and a state of another stream count is refused."""
+    (tmp_path / "long.txt").write_text("L" * 2000, encoding="utf-8")  # 62 windows of 32 on its own
+    for i in range(30):
+        (tmp_path / f"s{i:02d}.txt").write_text(f"short {i} " * 10, encoding="utf-8")
+    base = dict(source="files", paths=[str(tmp_path)], seq_len=32, val_fraction=0.1, val_windows=1)
+    data = ByteData(DataConfig(**base, streams=3), seed=4)
+    assert isinstance(data.train, InterleavedWindows) and len(data.train.streams) == 3
+    alone = [PackedWindows(DocStream(data.units[j::3], "train", 0.1, 4, split_by=data.split_by), seq_len=32)
+             for j in range(3)]
+    got = [data.train.next_window() for _ in range(60)]
+    assert all(np.array_equal(w, alone[i % 3].next_window()) for i, w in enumerate(got))
+    long_rows = [i for i, w in enumerate(got) if (w == ord("L")).all()]
+    assert len(long_rows) >= 10 and all(b - a >= 3 for a, b in zip(long_rows, long_rows[1:]))  # never in a row
+    one = ByteData(DataConfig(**base), seed=4)
+    assert isinstance(one.train, PackedWindows)
+    one_rows = [i for i in range(60) if (one.train.next_window() == ord("L")).all()]
+    assert any(b - a == 1 for a, b in zip(one_rows, one_rows[1:]))  # one stream: back to back
+
+    state = data.train.state_dict()
+    again = ByteData(DataConfig(**base, streams=3), seed=4)
+    again.train.load_state_dict(state)
+    assert all(np.array_equal(data.train.next_window(), again.train.next_window()) for _ in range(40))
+    assert again.train.windows == 100
+    with pytest.raises(DataError, match="as 3 interleaved streams and data.streams is 1 now"):
+        ByteData(DataConfig(**base), seed=4).train.load_state_dict(state)
+    with pytest.raises(DataError, match="as 1 stream.* and data.streams is 2 now"):
+        ByteData(DataConfig(**base, streams=2), seed=4).train.load_state_dict(one.train.state_dict())
+    with pytest.raises(DataError, match="data.streams = 99 but the corpus has 31 documents"):
+        ByteData(DataConfig(**base, streams=99), seed=4)

@@ -312,3 +312,26 @@ def test_deterministic_algorithms_warn_only(compiled):
             assert inductor_config.deterministic
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_interleaved_streams_train_and_resume_exactly(tmp_path):
+    """data.streams = 2 through the trainer: a run resumed from its step-3 checkpoint (mid Lighthouse
+    stage) repeats the uninterrupted run's losses bitwise; the checkpoint holds both streams' positions."""
+    config = tiny_config(tmp_path, steps=(4, 3), name="streams", ckpt_every=3)
+    cfg = load_config(config, ["data.streams=2", "training.keep_checkpoints=10"])
+    train(cfg, echo=lambda *a: None)
+    want = losses(cfg.run_dir)
+    state = load_checkpoint(cfg.run_dir / "checkpoints" / "step-00000003")
+    assert len(state["data"]["train"]["streams"]) == 2 and state["data"]["train"]["windows"] == 3 * 2
+
+    again = tmp_path / "runs" / "again"
+    shutil.copytree(cfg.run_dir, again)
+    for ckpt in (again / "checkpoints").glob("step-*"):
+        if int(ckpt.name.split("-")[1]) > 3:
+            shutil.rmtree(ckpt)
+    (again / "checkpoints" / "latest").write_text("step-00000003\n", encoding="utf-8")
+    said = []
+    train(load_config(config, ["data.streams=2", "training.keep_checkpoints=10", 'name="again"']), resume=True,
+          echo=lambda *a: said.append(" ".join(map(str, a))))
+    assert any("resumed from" in line and "step-00000003" in line for line in said), said
+    assert losses(again) == want

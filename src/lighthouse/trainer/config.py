@@ -61,6 +61,9 @@ class DataConfig:
     # of bytes), "auto": "documents" unless its held-out documents would not fill val_windows
     # windows (or the rest one window), then "bytes".
     val_split: str = "auto"
+    # Training windows come in turn from this many streams, each over every k-th document: a long
+    # document then fills every k-th step instead of consecutive ones. 1: one stream (as before).
+    streams: int = 1
 
 
 @dataclass
@@ -399,6 +402,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"'data.val_fraction' must be between 0 and 1 (exclusive), got {d.val_fraction}")
     if d.val_windows < 1:
         raise ConfigError(f"'data.val_windows' must be >= 1, got {d.val_windows}")
+    if d.streams < 1:
+        raise ConfigError(f"'data.streams' must be >= 1, got {d.streams}")
     if d.max_bytes < 0:
         raise ConfigError(f"'data.max_bytes' must be >= 0 (0: no cap), got {d.max_bytes}")
     if not d.text_field:

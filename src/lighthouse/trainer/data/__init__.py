@@ -74,7 +74,7 @@ from .sources import (
     unit_files,
 )
 from .split import byte_split_point, choose_val_split, doc_is_val, parquet_text_bytes
-from .stream import DocStream, PackedWindows
+from .stream import DocStream, InterleavedWindows, PackedWindows, WindowSource
 
 log = logging.getLogger("lighthouse.data")
 
@@ -84,6 +84,7 @@ __all__ = [
     "DataStats",
     "DocStream",
     "FileGroup",
+    "InterleavedWindows",
     "PackedWindows",
     "SourceFile",
     "byte_split_point",
@@ -96,6 +97,7 @@ __all__ = [
     "site_packages_files",
     "site_packages_roots",
     "stdlib_files",
+    "WindowSource",
 ]
 
 
@@ -139,11 +141,23 @@ class ByteData:
         log.info("data split %s", self.split_description)
         if log.isEnabledFor(logging.INFO):  # the sizes need a stat of every file
             log.info("data: %s", self.summary())
-        self.train_docs = DocStream(
-            self.units, "train", data_cfg.val_fraction, seed, data_cfg.text_field, self.stats, split_by=self.split_by
-        )
-        self.train = PackedWindows(self.train_docs, data_cfg.seq_len)
+        self.train = self._train_stream(seed, getattr(data_cfg, "streams", 1))
         self._val: torch.Tensor | None = None
+
+    def _train_stream(self, seed: int, k: int) -> WindowSource:
+        """One packed stream of the training documents, or (data.streams = k > 1) k of them, each over
+        every k-th document unit, taken in turn."""
+        if k == 1:
+            return PackedWindows(self._train_docs(self.units, seed), self.cfg.seq_len)
+        if k > len(self.units):
+            raise DataError(f"data.streams = {k} but the corpus has {len(self.units)} documents (units of "
+                            f"data.document = {self.document!r}): use at most {len(self.units)} streams")
+        return InterleavedWindows([PackedWindows(self._train_docs(self.units[j::k], seed), self.cfg.seq_len)
+                                   for j in range(k)])
+
+    def _train_docs(self, units, seed: int) -> DocStream:
+        return DocStream(units, "train", self.cfg.val_fraction, seed, self.cfg.text_field, self.stats,
+                         split_by=self.split_by)
 
     def val_windows(self) -> torch.Tensor:
         """The held-out windows [val_windows, seq_len + 1] (the same every time and every seed)."""
