@@ -29,7 +29,8 @@ Runs share one GPU when --parallel > 1, so train_s includes contention: compare 
 tokens, and times only between runs made with the same --parallel (the entry records it).
 
 Learning rates: --lrs 1e-3,2e-3 runs every configuration at each; runs at another rate than the
-config's are named `-lr<rate>` and are compared only with the dense run of the same rate.
+config's are named `-lr<rate>` and are compared only with the dense run of the same rate. The same
+holds for --set data.streams=K (`-stK`): windows from K interleaved document streams.
 
 Repeats: --repeats 0,1 runs every configuration twice, the second under a new name (`-r1`): on a
 GPU the attention backward is not bitwise repeatable, so a repeat measures how far two runs of one
@@ -144,7 +145,7 @@ def entry(out: Path, name: str, corpus: str, seed: int, arm: str, settings: list
         "corpus": corpus, "seed": seed, "arm": arm, "repeat": repeat, "settings": settings,
         "lighthouse": {"levels": cfg.lighthouse.levels, "pooling": cfg.lighthouse.pooling, "topk": cfg.lighthouse.topk,
                        "selection": cfg.lighthouse.selection},
-        "lr": cfg.optim.lr, "seq_len": cfg.data.seq_len,
+        "lr": cfg.optim.lr, "seq_len": cfg.data.seq_len, "streams": cfg.data.streams,
         "stages": [{"attention": r["attention"], "steps": r["steps"], "time_s": r["time_s"],
                     "tok_per_s_median": statistics.median(r["step_rates"][1:] or r["step_rates"])} for r in rows],
         "steps": sum(r["steps"] for r in rows), "tokens": sum(r["tokens"] for r in rows),
@@ -168,14 +169,16 @@ def plot_matrix(results: list[dict], out: Path) -> None:
     dense = paired_dense(results)
     corpora = sorted({r["corpus"] for r in results})
     one_lr = len({r["lr"] for r in results}) == 1
-    # one colour per arm and learning rate; dense repeats show the spread (the first dense run is the zero line)
-    variants = sorted({(r["arm"], r["lr"]) for r in results if r["arm"] != "dense" or r.get("repeat", 0)})
+    # one colour per arm, learning rate and stream count; dense repeats show the spread (the first dense run is
+    # the zero line)
+    variants = sorted({(r["arm"], r["lr"], r.get("streams", 1)) for r in results
+                       if r["arm"] != "dense" or r.get("repeat", 0)})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(1, len(variants))
-    for j, (arm, lr) in enumerate(variants):
-        label = arm if one_lr else f"{arm} lr {lr:g}"
+    for j, (arm, lr, streams) in enumerate(variants):
+        label = arm + ("" if one_lr else f" lr {lr:g}") + ("" if streams == 1 else f" {streams} streams")
         for i, corpus in enumerate(corpora):
-            rows = [r for r in results if (r["corpus"], r["arm"], r["lr"]) == (corpus, arm, lr)
+            rows = [r for r in results if (r["corpus"], r["arm"], r["lr"], r.get("streams", 1)) == (corpus, arm, lr, streams)
                     and dense.get(pair_key(r)) not in (None, r)]
             x = i + (j - (len(variants) - 1) / 2) * width
             for again in (False, True):  # repeats of a configuration as hollow dots
@@ -198,9 +201,11 @@ def plot_matrix(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def run_name(corpus: str, seed: int, arm: str, repeat: int = 0, lr: float | None = None) -> str:
-    """The run's folder name; `lr` only when it is not the config's (so the default runs keep their names)."""
-    return f"{corpus}-s{seed}-{arm}" + (f"-lr{lr:g}" if lr is not None else "") + (f"-r{repeat}" if repeat else "")
+def run_name(corpus: str, seed: int, arm: str, repeat: int = 0, lr: float | None = None, streams: int = 1) -> str:
+    """The run's folder name; `lr` only when it is not the config's and `streams` when not 1 (so the
+    default runs keep their names)."""
+    return (f"{corpus}-s{seed}-{arm}" + (f"-lr{lr:g}" if lr is not None else "") + (f"-st{streams}" if streams != 1 else "")
+            + (f"-r{repeat}" if repeat else ""))
 
 
 def parse_repeats(text: str) -> list[int]:
@@ -226,12 +231,12 @@ def parse_lrs(text: str, default: float) -> list[float | None]:
 
 def run_key(r: dict) -> tuple:
     """What identifies a run in the results (entries from before repeats existed are repeat 0)."""
-    return r["corpus"], r["lr"], r["seed"], r["arm"], r.get("repeat", 0)
+    return r["corpus"], r["lr"], r.get("streams", 1), r["seed"], r["arm"], r.get("repeat", 0)
 
 
 def pair_key(r: dict) -> tuple:
-    """The runs compared with each other: same corpus, learning rate and seed."""
-    return r["corpus"], r["lr"], r["seed"]
+    """The runs compared with each other: same corpus, learning rate, data streams and seed."""
+    return r["corpus"], r["lr"], r.get("streams", 1), r["seed"]
 
 
 def paired_dense(results: list[dict]) -> dict[tuple, dict]:
@@ -243,16 +248,17 @@ def paired_dense(results: list[dict]) -> dict[tuple, dict]:
 
 
 def summary_rows(results: list[dict]) -> list[dict]:
-    """Per corpus, learning rate and arm: the final dense-evaluated bpb minus the paired dense run's, over
-    seeds and repeats."""
+    """Per corpus, learning rate, data streams and arm: the final dense-evaluated bpb minus the paired dense
+    run's, over seeds and repeats."""
     dense = paired_dense(results)
-    groups: dict[tuple[str, float, str], list[float]] = {}
+    groups: dict[tuple[str, float, int, str], list[float]] = {}
     for r in results:
         base = dense.get(pair_key(r))
         if base is not None and r is not base:
-            groups.setdefault((r["corpus"], r["lr"], r["arm"]), []).append(r["final_bpb_dense"] - base["final_bpb_dense"])
-    return [{"corpus": c, "lr": lr, "arm": a, "runs": len(d), "mean": statistics.fmean(d), "min": min(d), "max": max(d)}
-            for (c, lr, a), d in sorted(groups.items())]
+            key = r["corpus"], r["lr"], r.get("streams", 1), r["arm"]
+            groups.setdefault(key, []).append(r["final_bpb_dense"] - base["final_bpb_dense"])
+    return [{"corpus": c, "lr": lr, "streams": k, "arm": a, "runs": len(d), "mean": statistics.fmean(d), "min": min(d),
+             "max": max(d)} for (c, lr, k, a), d in sorted(groups.items())]
 
 
 def main() -> int:
@@ -295,7 +301,7 @@ def main() -> int:
     for lr, seed, repeat in ((lr, s, r) for r in repeats for lr in lrs for s in seeds):
         for arm in arms:  # arms outer, corpora inner: the parallel slots mix corpora
             for corpus in corpora:
-                name = run_name(corpus, seed, arm, repeat, lr)
+                name = run_name(corpus, seed, arm, repeat, lr, cfg.data.streams)
                 settings = arm_settings(arm, cfg)
                 overrides = [*args.overrides, *([f"optim.lr={lr}"] if lr is not None else []),
                              *corpus_overrides(corpus, own), f"training.seed={seed}", *settings]
@@ -305,7 +311,7 @@ def main() -> int:
                                   "--task", "position", "--attention", "dense", "--windows", str(args.final_windows),
                                   "--out", str(out / "evals" / name)])
                 jobs.append((name, chain))
-                planned.append((name, corpus, seed, arm, repeat, settings, run_name(corpus, seed, "dense", 0, lr)))
+                planned.append((name, corpus, seed, arm, repeat, settings, run_name(corpus, seed, "dense", 0, lr, cfg.data.streams)))
     finished = runner.run_all(jobs)
 
     results_path = Path(args.results)
@@ -331,9 +337,9 @@ def main() -> int:
         arm = r["arm"] + (f" r{r['repeat']}" if r.get("repeat") else "")
         print(f"{r['corpus']:<8} {r['lr']:>7g} {r['seed']:>4} {arm:<12} {r['final_bpb_dense']:>17.4f} {diff:>9} {switch:>16} "
               f"{leak:>12} {r['train_s']:>8.1f}")
-    print(f"\n{'corpus':<8} {'lr':>7} {'arm':<12} {'runs':>4} {'vs dense: mean':>15} {'min':>8} {'max':>8}")
+    print(f"\n{'corpus':<8} {'lr':>7} {'streams':>7} {'arm':<12} {'runs':>4} {'vs dense: mean':>15} {'min':>8} {'max':>8}")
     for row in summary_rows(results):
-        print(f"{row['corpus']:<8} {row['lr']:>7g} {row['arm']:<12} {row['runs']:>4} {row['mean']:>+15.3f} "
+        print(f"{row['corpus']:<8} {row['lr']:>7g} {row['streams']:>7} {row['arm']:<12} {row['runs']:>4} {row['mean']:>+15.3f} "
               f"{row['min']:>+8.3f} {row['max']:>+8.3f}")
     print(f"{done} of {len(planned)} planned runs finished; {results_path}" + ("" if finished else " (run again to continue)"))
     return 0 if finished else 3
