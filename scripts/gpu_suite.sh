@@ -7,7 +7,7 @@
 #   bash scripts/gpu_suite.sh OUT_DIR kernels   kernel tests compiled on CUDA (no extra packages needed)
 #   bash scripts/gpu_suite.sh OUT_DIR recipe    the recipe experiment (scripts/recipe.py), one arm per GPU
 #   bash scripts/gpu_suite.sh OUT_DIR robustness  the next runs of the robustness matrix, three at a time on GPU 0
-#                                               (CORPORA, SEEDS, ARMS, LRS, REPEATS, PARALLEL override; OUT_DIR/robustness.json = the
+#                                               (CORPORA, SEEDS, ARMS, LRS, REPEATS, STREAMS, PARALLEL override; OUT_DIR/robustness.json = the
 #                                               repository's docs/results/robustness.json with the new runs merged)
 #   bash scripts/gpu_suite.sh OUT_DIR dist      (2+ GPUs) data-parallel scaling at 64K on 1, 2 and 4 GPUs;
 #                                               context parallelism at 512K on 2 GPUs and 1M on 4, Lighthouse vs dense
@@ -47,7 +47,7 @@ for part in "$@"; do
       # runs (checkpoints) stay in runs/robustness, outside OUT_DIR: a later call on the same machine resumes them
       python3 scripts/robustness.py --config configs/robustness-32k.toml --out runs/robustness \
         --results "$out/robustness.json" --corpora "${CORPORA:-code}" --seeds "${SEEDS:-1}" \
-        --arms "${ARMS:-dense,causal,causal-k2}" --lrs "${LRS:-}" --repeats "${REPEATS:-0}" \
+        --arms "${ARMS:-dense,causal,causal-k2}" --lrs "${LRS:-}" --repeats "${REPEATS:-0}" --set "data.streams=${STREAMS:-1}" \
         --parallel "${PARALLEL:-3}" --deadline "${DEADLINE:-540}" > "$out/robustness.log" 2>&1
       mkdir -p "$out/robustness"; cp -r runs/robustness/logs runs/robustness/evals "$out/robustness/" 2>/dev/null
       tail -n 24 "$out/robustness.log" ;;
