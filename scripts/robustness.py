@@ -13,6 +13,13 @@ Your own data: --corpus NAME=GLOB[;GLOB...] adds a corpus of files (one document
     python scripts/robustness.py --corpora "" --corpus mine='/data/logs/**/*.txt' --arms dense,causal,causal-rec6
 (--device cpu runs on the CPU; at the preset's 32K tokens that is slow: shrink it with --set).
 
+With one sequence per step, a long document fills consecutive steps and moves every arm alike;
+--set data.streams=16 takes the windows in turn from 16 streams of documents. The matrix on a CPU,
+code against the demo preset (about 25 minutes on 2 cores):
+    python scripts/robustness.py --config configs/demo.toml --corpora code --seeds 0,1 --device cpu \
+        --arms dense,causal,causal-rec6,topk,causal-k2 --parallel 2 --set data.streams=16 \
+        --set training.threads=1 --out runs/robustness-cpu --results docs/results/robustness-cpu.json
+
 Arms (the same model, data order, seed and token budget; only the attention differs):
   dense          dense from scratch
   topk           Lighthouse (the paper's top-k selection) for 10/16 of the steps, then dense
