@@ -496,3 +496,21 @@ def test_interleaved_streams_spread_a_long_document_and_resume_exactly(tmp_path)
         ByteData(DataConfig(**base, streams=2), seed=4).train.load_state_dict(one.train.state_dict())
     with pytest.raises(DataError, match="data.streams = 99 but the corpus has 31 documents"):
         ByteData(DataConfig(**base, streams=99), seed=4)
+
+
+def test_a_stream_with_no_training_document_is_named(tmp_path):
+    """data.streams = 2 over a training file and a held-out one: stream 1 holds only the held-out
+    document, and the error says which stream and what to do, instead of a count of one file."""
+    folder = tmp_path / "corpus"  # a file's name for the split: relative to the folder above the one named
+    folder.mkdir()
+    train_name = next(f"corpus/a{i}.txt" for i in range(1000) if not doc_is_val(f"corpus/a{i}.txt", 0, 0.5))
+    val_name = next(f"corpus/b{i}.txt" for i in range(1000) if doc_is_val(f"corpus/b{i}.txt", 0, 0.5))
+    for name in (train_name, val_name):
+        (tmp_path / name).write_text("some text " * 40, encoding="utf-8")
+    cfg = DataConfig(source="files", paths=[str(folder)], seq_len=32, val_fraction=0.5, val_windows=1,
+                     val_split="documents", streams=2)
+    data = ByteData(cfg, seed=0)
+    assert [u.name for u in data.units] == [train_name, val_name]
+    data.train.next_window()  # stream 0: the training file
+    with pytest.raises(DataError, match="data.streams = 2: stream 1 .* has nothing to train on .*use fewer streams"):
+        data.train.next_window()

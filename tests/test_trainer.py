@@ -296,24 +296,6 @@ def test_kill_and_resume_is_exact(tmp_path):
     assert got_evals == ref_evals
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_deterministic_algorithms_warn_only(compiled):
-    """The trainer's deterministic mode: ATen's flag in warn-only mode, and the compiler's flag too
-    when the run compiles (the plain path skips importing the compiler for a faster start)."""
-    from lighthouse.trainer.loop import deterministic_algorithms
-
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        deterministic_algorithms(compiled=compiled)
-        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
-        if compiled:
-            import torch._inductor.config as inductor_config
-
-            assert inductor_config.deterministic
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-
-
 def test_interleaved_streams_train_and_resume_exactly(tmp_path):
     """data.streams = 2 through the trainer: a run resumed from its step-3 checkpoint (mid Lighthouse
     stage) repeats the uninterrupted run's losses bitwise; the checkpoint holds both streams' positions."""

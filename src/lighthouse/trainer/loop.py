@@ -26,7 +26,6 @@ import contextlib
 import os
 import random
 import signal
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,19 +64,6 @@ class RunResult:
 
 
 # ---- the trainer ----------------------------------------------------------------------------
-def deterministic_algorithms(compiled: bool) -> None:
-    """Deterministic ATen kernels (warnings, not errors, for ops without one).
-
-    `torch.use_deterministic_algorithms` also sets the compiler's flag, and importing the compiler's
-    config loads torch._dynamo: about 2 s of start-up in every process and every rank, for runs that
-    do not compile. Those set the ATen flag alone; compiled runs (or a process that already loaded
-    the compiler) go through the public call."""
-    if compiled or "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch._C._set_deterministic_algorithms(True, warn_only=True)
-
-
 class Trainer:
     """weights_only: `--resume-weights-only`, a resume from the newest checkpoint whose weights verify (the
     optimizer starts afresh); for a run whose checkpoints are damaged but for their weights."""
@@ -139,7 +125,7 @@ class Trainer:
         self.device = par.device
         if t.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            deterministic_algorithms(compiled=t.compile)
+            torch.use_deterministic_algorithms(True, warn_only=True)
             # Deterministic mode also fills every new tensor with NaN, against ops that would read
             # memory they never wrote; none of ours do (the kernel tests poison outputs to check), and
             # on CPU the fill cost 9-20% of a demo step.

@@ -198,7 +198,12 @@ class InterleavedWindows(WindowSource):
         self.windows = 0
 
     def next_window(self) -> np.ndarray:
-        window = self.streams[self.windows % len(self.streams)].next_window()
+        j, k = self.windows % len(self.streams), len(self.streams)
+        try:
+            window = self.streams[j].next_window()
+        except DataError as e:  # a share of the documents with nothing to train on
+            raise DataError(f"data.streams = {k}: stream {j} (every {k}-th document from number {j}) has nothing to "
+                            f"train on ({e}); use fewer streams") from None
         self.windows += 1
         return window
 
