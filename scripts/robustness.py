@@ -27,6 +27,9 @@ Arms (the same model, data order, seed and token budget; only the attention diff
   topk-k2 / causal-k2     as topk / causal with twice the budget K
   topk-rec6 / causal-rec6 Lighthouse for 6/16 of the steps only (a longer recovery)
   topk-only / causal-only Lighthouse for every step (its Lighthouse-evaluated bpb is a model score only when causal)
+  topk-mix4 / causal-mix4 as topk / causal, with every 4th step of the Lighthouse stage dense (`dense_every`)
+  topk-rw / causal-rw     as topk / causal, with the learning rate re-warmed up at the switch over the
+                          config's warm-up steps (`stages.1.warmup_steps`)
 
 Every finished run adds one object to --results (a JSON list; a run already there is replaced):
 corpus, seed, arm, repeat, settings, steps, tokens, train_s, final_bpb_dense (on --final-windows
@@ -114,12 +117,16 @@ def arm_settings(arm: str, cfg) -> list[str]:
     if base not in ("topk", "causal"):
         raise SystemExit(f"unknown arm {arm!r}")
     out = [f'lighthouse.selection="{base}"']
-    share = {"": 10, "k2": 10, "rec6": 6, "only": 16}.get(variant)
+    share = {"": 10, "k2": 10, "rec6": 6, "only": 16, "mix4": 10, "rw": 10}.get(variant)
     if share is None:
         raise SystemExit(f"unknown arm variant {variant!r} in {arm!r}")
     out += arm_overrides(total, share)
     if variant == "k2":
         out.append(f"lighthouse.topk={2 * topk}")
+    if variant == "mix4":
+        out.append("stages.0.dense_every=4")
+    if variant == "rw":
+        out.append(f"stages.1.warmup_steps={cfg.optim.warmup_steps}")
     return out
 
 

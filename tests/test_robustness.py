@@ -43,6 +43,11 @@ def test_every_arm_splits_the_same_steps():
         assert run.lighthouse.topk == topk, arm
         if selection:
             assert run.lighthouse.selection == selection, arm
+    mixed = load_config(REPO / "configs" / "robustness-32k.toml", robustness.arm_settings("causal-mix4", cfg))
+    assert [(s.attention, s.steps, s.dense_every) for s in mixed.stages] == [("lighthouse", 640, 4), ("dense", 384, 0)]
+    assert [mixed.attention_at(s) for s in range(8)] == ["lighthouse"] * 3 + ["dense"] + ["lighthouse"] * 3 + ["dense"]
+    rewarmed = load_config(REPO / "configs" / "robustness-32k.toml", robustness.arm_settings("topk-rw", cfg))
+    assert [s.warmup_steps for s in rewarmed.stages] == [0, cfg.optim.warmup_steps] == [0, 100]
     for bad in ("sparse", "causal-k3"):
         with pytest.raises(SystemExit, match="unknown arm"):
             robustness.arm_settings(bad, cfg)

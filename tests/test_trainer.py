@@ -183,6 +183,64 @@ def test_lr_schedule():
     assert abs(values[60] - values[59]) < 0.05 * lr
 
 
+def test_stage_rewarmup_ramps_the_scheduled_rate():
+    common = ["optim.warmup_steps=10", "stages.0.steps=60", "stages.1.steps=40"]
+    plain = load_config(None, common)
+    cfg = load_config(None, [*common, "stages.1.warmup_steps=8"])
+    for step in range(100):
+        ramp = (step - 59) / 8 if 60 <= step < 68 else 1.0
+        assert lr_at(cfg, step) == pytest.approx(ramp * lr_at(plain, step)), step
+    assert lr_at(cfg, 60) == pytest.approx(lr_at(plain, 60) / 8) and lr_at(cfg, 67) == pytest.approx(lr_at(plain, 67))
+
+
+def test_interleaved_dense_steps(tmp_path, monkeypatch):
+    """`dense_every`: those steps of a Lighthouse stage train with dense attention, the others with
+    Lighthouse, and evaluations still report the stage's own attention beside dense."""
+    from lighthouse.trainer.stepper import Stepper
+
+    cfg = load_config(tiny_config(tmp_path, steps=(5, 2), name="mixed"), ["stages.0.dense_every=3"])
+    assert [cfg.attention_at(s) for s in range(7)] == ["lighthouse"] * 2 + ["dense"] + ["lighthouse"] * 2 + ["dense"] * 2
+    kinds, original = [], Stepper.step
+
+    def spy(self, step):
+        kinds.append(self.model.attention_kinds()[1])  # layer 0 stays dense
+        return original(self, step)
+
+    monkeypatch.setattr(Stepper, "step", spy)
+    result = train(cfg, echo=lambda *a: None)
+    assert kinds == [cfg.attention_at(s) for s in range(7)]
+    at_3 = next(r for r in read_metrics(result.run_dir) if r["kind"] == "eval" and r["step"] == 3)
+    assert at_3["val_bpb"] != at_3["val_bpb_dense"]  # step 3 was dense; the diagnostic is Lighthouse's
+
+
+def test_an_interleaved_dense_step_is_a_dense_step(tmp_path):
+    """Lighthouse x2 with every 2nd step dense, then dense x2, trains bitwise as Lighthouse x1, dense x3."""
+    mixed = load_config(tiny_config(tmp_path, steps=(2, 2), name="mixed"), ["stages.0.dense_every=2"])
+    split = load_config(tiny_config(tmp_path, steps=(1, 3), name="split"))
+    assert losses(train(mixed, echo=lambda *a: None).run_dir) == losses(train(split, echo=lambda *a: None).run_dir)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stages.0.dense_every=1", "dense_every' must be 0"),
+    ("stages.0.dense_every=-2", "dense_every' must be 0"),
+    ("stages.1.dense_every=4", "already dense"),
+    ("stages.1.warmup_steps=1000", "warmup_steps' must be between"),
+])
+def test_stage_mitigations_refuse_bad_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_a_config_written_before_the_stage_keys_resumes_without_a_diff():
+    from lighthouse.trainer.config import config_diff, to_dict
+
+    now = to_dict(load_config(None))
+    old = to_dict(load_config(None))
+    for stage in old["stages"]:
+        del stage["dense_every"], stage["warmup_steps"]
+    assert config_diff(old, now) == []
+
+
 def test_checkpoint_is_atomic(tmp_path, monkeypatch):
     model = torch.nn.Linear(3, 3)
     save_checkpoint(tmp_path, 1, model, {"step": 1})

@@ -116,6 +116,12 @@ class ParallelConfig:
 class StageConfig:
     attention: str = "lighthouse"  # "lighthouse" or "dense"
     steps: int = 100
+    # A mitigation for Lighthouse stages: every n-th step of the stage runs dense attention, so the
+    # weights keep training the dense function they must end with. 0: none (n >= 2 otherwise).
+    dense_every: int = 0
+    # A learning-rate re-warm-up at the start of this stage: the schedule's rate times (k+1)/n over
+    # the stage's first n steps (a mitigation at the switch to dense). 0: the schedule as it is.
+    warmup_steps: int = 0
 
 
 @dataclass
@@ -162,6 +168,15 @@ class Config:
     def stage_end(self, index: int) -> int:
         return sum(s.steps for s in self.stages[: index + 1])
 
+    def attention_at(self, step: int) -> str:
+        """The attention step `step` trains with: its stage's, or dense on a stage's `dense_every` steps."""
+        index = self.stage_at(step)
+        stage = self.stages[index]
+        into = step - (self.stage_end(index) - stage.steps)
+        if stage.dense_every and into % stage.dense_every == stage.dense_every - 1:
+            return "dense"
+        return stage.attention
+
 
 # ---- loading ------------------------------------------------------------------------------
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -176,11 +191,21 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     """A validated Config from a (partial) dict over the defaults, then `--set` overrides."""
     merged = to_dict(Config())
     _merge(merged, data)
+    _fill_stage_defaults(merged)
     for item in overrides:
         apply_override(merged, item)
+        _fill_stage_defaults(merged)  # `stages=[...]` may list only some keys; `stages.0.key=` needs them all
     cfg = from_dict(merged)
     validate(cfg)
     return cfg
+
+
+def _fill_stage_defaults(data: dict) -> None:
+    """Give every stage table the keys it leaves out, at StageConfig's defaults."""
+    stages = data.get("stages")
+    if isinstance(stages, list):
+        defaults = to_dict(StageConfig())
+        data["stages"] = [{**defaults, **stage} if isinstance(stage, dict) else stage for stage in stages]
 
 
 def _read_toml(path: Path, seen: tuple) -> dict:
@@ -371,6 +396,15 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"'stages.{i}.attention' must be one of {ATTENTION_KINDS}, got {stage.attention!r}")
         if stage.steps < 1:
             raise ConfigError(f"'stages.{i}.steps' must be >= 1, got {stage.steps}")
+        if stage.dense_every < 0 or stage.dense_every == 1:
+            raise ConfigError(f"'stages.{i}.dense_every' must be 0 (off) or >= 2, got {stage.dense_every} "
+                              "(every step dense: attention = \"dense\")")
+        if stage.dense_every and stage.attention == "dense":
+            raise ConfigError(f"'stages.{i}.dense_every' interleaves dense steps into a Lighthouse stage; "
+                              f"stage {i} is already dense")
+        if not 0 <= stage.warmup_steps <= stage.steps:
+            raise ConfigError(f"'stages.{i}.warmup_steps' must be between 0 and the stage's steps ({stage.steps}), "
+                              f"got {stage.warmup_steps}")
 
     lh = cfg.lighthouse  # validated when it was built (LighthouseConfig.__post_init__)
     d = cfg.data
@@ -508,6 +542,7 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, objec
     if prefix == "":
         merged = to_dict(Config())
         _merge(merged, old)
+        _fill_stage_defaults(merged)
         old = merged
     out = []
     for key, value in new.items():

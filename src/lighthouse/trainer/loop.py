@@ -75,6 +75,7 @@ class Trainer:
         self.cfg, self.resume, self.overwrite, self.echo = cfg, resume or weights_only, overwrite, echo
         self.weights_only = weights_only
         self._stop_signal: int | None = None
+        self._cores: dict[str, list] = {}  # each attention kind's modules, built once (_use_attention)
 
     # -- setup --
     def _warn(self, msg: str) -> None:
@@ -202,14 +203,28 @@ class Trainer:
     def save(self) -> Path:
         return self.checkpointer.save(self.step, self.model, self.optimizer, self._state())
 
-    def _enter_stage(self, stage: int | None) -> int:
-        """The stage of the next step; switches the attention modules when it begins."""
-        now = self.cfg.stage_at(self.step)
-        if now != stage:
-            kind = self.cfg.stages[now].attention
+    def _use_attention(self, kind: str) -> None:
+        """Put `kind`'s attention modules in place. Each kind's modules are built once and kept, so a
+        stage that interleaves dense steps swaps the same objects (a compiled model is not recompiled)."""
+        cores = self._cores
+        if kind not in cores:
             self.model.set_attention(kind)
-            self.log.write(f"[{self.cfg.name}] stage {now + 1}/{len(self.cfg.stages)}: {kind} attention "
-                           f"(layers {self.model.attention_kinds()}) from step {self.step}")
+            cores[kind] = [block.attention.core for block in self.model.layers]
+        for block, core in zip(self.model.layers, cores[kind]):
+            block.attention.core = core
+
+    def _enter_stage(self, stage: int | None) -> int:
+        """The stage of the next step, with the step's attention in place (logged when a stage begins)."""
+        now = self.cfg.stage_at(self.step)
+        self._use_attention(self.cfg.attention_at(self.step))
+        if now != stage:
+            s = self.cfg.stages[now]
+            mixed = f", every {s.dense_every}th step dense" if s.dense_every else ""
+            rewarm = f", learning rate re-warmed over {s.warmup_steps} steps" if s.warmup_steps else ""
+            self._use_attention(s.attention)
+            self.log.write(f"[{self.cfg.name}] stage {now + 1}/{len(self.cfg.stages)}: {s.attention} attention "
+                           f"(layers {self.model.attention_kinds()}{mixed}{rewarm}) from step {self.step}")
+            self._use_attention(self.cfg.attention_at(self.step))
         return now
 
     def _record(self, stage: int) -> dict:
@@ -220,6 +235,7 @@ class Trainer:
         """Validation bpb with dense attention (what compares models), and in a Lighthouse stage also
         with the stage's attention and, on cadence, the leak meter: diagnostics of the selection."""
         kind = self.cfg.stages[stage].attention
+        self._use_attention(kind)  # the last step may have been one of the stage's dense steps
         ev = self.evaluator()
         dense = ev if kind == "dense" else self.evaluator("dense")
         self.log.record({"kind": "eval", **self._record(stage), **ev, "val_bpb_dense": dense["val_bpb"],
