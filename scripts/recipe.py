@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lighthouse.trainer.checkpoint import folder_step, latest_good_checkpoint  # noqa: E402
 from lighthouse.trainer.config import load_config  # noqa: E402
 from lighthouse.trainer.metrics import read_metrics, stage_rows  # noqa: E402
+from lighthouse.trainer.plot import plot_runs  # noqa: E402
 
 
 def arm_overrides(total: int, share_lighthouse: int) -> list[str]:
@@ -123,7 +124,8 @@ class Runner:
 
 def train_argv(config: str, name: str, out_dir: Path, overrides: list[str]) -> list[str]:
     sets = [f"name={name}", f'out_dir="{out_dir}"', "training.progress=false", *overrides]
-    return [sys.executable, "-m", "lighthouse", "train", "--config", config, "--resume",
+    # --no-plot: the script plots its runs together at the end (a plot per run would cost ~2 s a run)
+    return [sys.executable, "-m", "lighthouse", "train", "--config", config, "--resume", "--no-plot",
             *[x for s in sets for x in ("--set", s)]]
 
 
@@ -268,8 +270,10 @@ def main() -> int:
     # 4. summary
     summary = summarize(out, args.config, state, arms)
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    subprocess.run([sys.executable, "-m", "lighthouse", "plot", *[str(out / n) for n in arms],
-                    "-o", str(out / "recipe.png")], check=False)
+    try:  # in this process (a `lighthouse plot` process would import torch again); a failed plot loses no result
+        plot_runs([out / n for n in arms], out / "recipe.png")
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: the plot failed ({e}); `lighthouse plot` draws it from the run folders", file=sys.stderr)
     for name, arm in summary["arms"].items():
         reach = arm["time_to_baseline_final_vs_baseline_time"]
         print(f"{name:<26} {arm['tokens']:>12,} tokens  {arm['time_s']:8.1f} s ({arm['time_vs_baseline']:.2f}x)  "

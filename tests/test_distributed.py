@@ -120,8 +120,10 @@ def _end(proc: subprocess.Popen, tag: str) -> None:
 
 @contextmanager
 def launched(nproc: int, config: Path, *args: str):
-    """`torchrun --standalone --nproc-per-node nproc -m lighthouse train --config ...`; yields (Popen, tag)."""
-    with launched_module(nproc, "lighthouse", "train", "--config", str(config), "--no-progress", *args) as launch:
+    """`torchrun --standalone --nproc-per-node nproc -m lighthouse train --config ...`; yields (Popen, tag).
+    Without a plot at the end (2 s of a launch) unless `args` asks for one with --plot."""
+    plot = [] if "--plot" in args else ["--no-plot"]
+    with launched_module(nproc, "lighthouse", "train", "--config", str(config), "--no-progress", *plot, *args) as launch:
         yield launch
 
 
@@ -163,7 +165,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     config = write_config(tmp, "one")
     train(load_config(config), echo=quiet)
-    out = launch(2, config, "--set", 'name="two"')
+    out = launch(2, config, "--set", 'name="two"', "--plot", str(tmp / "two.png"))  # rank 0 draws it
     return {"tmp": tmp, "config": config, "one": tmp / "runs" / "one", "two": tmp / "runs" / "two", "out": out}
 
 
@@ -182,6 +184,7 @@ def test_two_ranks_equal_one_process(runs):
     assert [e[:2] for e in got] == [e[:2] for e in evals]
     assert [e[2] for e in got] == pytest.approx([e[2] for e in evals], rel=RTOL)
     assert "2 processes (dp=2, cp=1)" in runs["out"] and runs["out"].count("stage 2/2: dense") == 1
+    assert (runs["tmp"] / "two.png").stat().st_size > 0 and runs["out"].count("plot: ") == 1
 
     ckpt = latest_checkpoint(two)
     meta = verify_checkpoint(ckpt)

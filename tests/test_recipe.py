@@ -54,6 +54,7 @@ def test_recipe_runs_every_arm_and_summarizes(tmp_path):
         assert load_config(out / name / "config.toml").optim.lr == 3e-3  # the sweep's pick, in every arm
         assert arm["position"] and arm["passkey"] and 0 <= arm["passkey_accuracy"] <= 1
         assert (out / "evals" / name / "passkey.png").is_file()
+        assert not (out / name / "plot.png").exists()  # trained with --no-plot: recipe.png draws every arm
         reached = arm["reached_baseline_final_bpb"]
         if reached is not None:  # the first dense-evaluated point at or under the baseline's final bpb
             assert reached["val_bpb_dense"] <= arms["a-dense"]["final_val_bpb_dense"]

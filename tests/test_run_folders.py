@@ -236,3 +236,16 @@ def test_resume_with_another_model_is_a_short_refusal(trained, tmp_path, capsys)
     assert main(["eval", "--checkpoint", str(copy.run_dir), "--set", "model.dim=64"]) == 2
     line = one_error_line(capsys)
     assert len(line) < 300 and "model.dim (32 in the checkpoint, 64 asked)" in line
+
+
+# ---- the plot at the end ----------------------------------------------------------------------------------
+def test_train_plots_at_the_end_unless_told_not_to(trained, tmp_path, capsys):
+    copy, names = copy_run(trained, tmp_path)
+    plot = copy.run_dir / "plot.png"
+    assert not plot.exists()
+    assert train_cli(trained[0], names, "--resume", "--no-plot") == 0  # finished: the table only
+    assert not plot.exists() and "plot:" not in capsys.readouterr().out
+    assert train_cli(trained[0], names, "--resume") == 0
+    assert plot.stat().st_size > 0 and f"plot: {plot}" in capsys.readouterr().out
+    assert main(["train", "--plot", str(tmp_path / "p.png"), "--no-plot"]) == 2  # argparse refuses the pair
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -332,7 +332,7 @@ def test_kill_and_resume_is_exact(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
     killed_at = _ckpt_step(run_dir)
     assert 6 <= killed_at < 2 * n
-    resumed = subprocess.run(_cli(cfg, "--resume"), env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_cli(cfg, "--resume", "--no-plot"), env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed from" in resumed.stdout
     assert losses(run_dir) == want  # bitwise: every step, before and after the kill
@@ -346,7 +346,7 @@ def test_kill_and_resume_is_exact(tmp_path):
     assert "continue with --resume" in out
     stopped_at = _ckpt_step(run_dir)
     assert n <= stopped_at < 2 * n  # usually a step that is not a regular checkpoint step
-    resumed = subprocess.run(_cli(cfg, "--resume"), env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_cli(cfg, "--resume", "--no-plot"), env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert losses(run_dir) == want
     ref_evals = [r["val_bpb"] for r in read_metrics(tmp_path / "runs" / "ref") if r["kind"] == "stage_end"]

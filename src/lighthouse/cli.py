@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "folder that is a run")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--plot", metavar="PNG", help="where to write the comparison plot (default: runs/<name>/plot.png)")
+    drawn = t.add_mutually_exclusive_group()
+    drawn.add_argument("--plot", metavar="PNG", help="where to write the comparison plot (default: runs/<name>/plot.png)")
+    drawn.add_argument("--no-plot", action="store_true",
+                       help="no plot at the end (for scripts that plot many runs together; `lighthouse plot` draws it later)")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: validation bpb, bpb by position, passkey")
     e.add_argument("--checkpoint", required=True, help="a run folder (its latest checkpoint) or a checkpoint folder")
@@ -162,8 +165,9 @@ def cmd_train(args) -> int:
     if len(runs) == 2 and not args.baseline_only:
         print()
         print(format_comparison(compare_runs(runs[0].run_dir, runs[1].run_dir)))
-    plot_runs([r.run_dir for r in runs], out)
-    print(f"\nplot: {out}")
+    if not args.no_plot:
+        plot_runs([r.run_dir for r in runs], out)
+        print(f"\nplot: {out}")
     return 0
 
 
