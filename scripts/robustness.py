@@ -2,7 +2,7 @@
 
     python scripts/robustness.py --config configs/robustness-32k.toml --corpora python,code,text \\
         --seeds 0 --arms dense,topk,causal --parallel 3 --deadline 540 --results docs/results/robustness.json
-    (run it again to continue: finished runs are skipped, unfinished ones resume from their checkpoint)
+    (run it again to continue: runs already in --results are skipped, unfinished ones resume from their checkpoint)
 
 Corpora, found at run time in this interpreter's site-packages (nothing is downloaded):
   python   the `.py` files, one document per top-level package (the corpus the recipe was tuned on)
@@ -31,7 +31,8 @@ Arms (the same model, data order, seed and token budget; only the attention diff
   topk-rw / causal-rw     as topk / causal, with the learning rate re-warmed up at the switch over the
                           config's warm-up steps (`stages.1.warmup_steps`)
 
-Every finished run adds one object to --results (a JSON list; a run already there is replaced):
+Every finished run adds one object to --results (a JSON list; a run already there is not run again, on
+any machine: to measure a configuration again, use --repeats):
 corpus, seed, arm, repeat, settings, steps, tokens, train_s, final_bpb_dense (on --final-windows
 validation windows, dense attention), the bpb at the switch with both attentions, the leak
 meter at the switch, and the time at which the run first reached the paired dense run's final bpb.
@@ -311,11 +312,17 @@ def main() -> int:
     lrs = parse_lrs(args.lrs, cfg.optim.lr)
     runner = Runner([args.device] * args.parallel, time.time() + args.deadline, out / "logs")
 
+    results_path = Path(args.results)
+    recorded = {run_key(r) for r in json.loads(results_path.read_text())} if results_path.is_file() else set()
     jobs, planned = [], []
     for lr, seed, repeat in ((lr, s, r) for r in repeats for lr in lrs for s in seeds):
         for arm in arms:  # arms outer, corpora inner: the parallel slots mix corpora
             for corpus in corpora:
                 name = run_name(corpus, seed, arm, repeat, lr, cfg.data.streams)
+                if (corpus, lr or cfg.optim.lr, cfg.data.streams, seed, arm, repeat) in recorded:
+                    # another machine ran it (its folder is not here): its entry stands; --repeats runs it again
+                    print(f"{name}: already in {results_path}, not run again", flush=True)
+                    continue
                 settings = arm_settings(arm, cfg)
                 overrides = [*args.overrides, *([f"optim.lr={lr}"] if lr is not None else []),
                              *corpus_overrides(corpus, own), f"training.seed={seed}", *settings]
@@ -328,7 +335,6 @@ def main() -> int:
                 planned.append((name, corpus, seed, arm, repeat, settings, run_name(corpus, seed, "dense", 0, lr, cfg.data.streams)))
     finished = runner.run_all(jobs)
 
-    results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else []
     done = 0
     for name, corpus, seed, arm, repeat, settings, dense_name in planned:

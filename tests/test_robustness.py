@@ -94,11 +94,11 @@ def test_toy_matrix_on_your_own_corpus(tmp_path):
     assert causal["switch_leak"] and all(span["mean_nats"] == 0.0 for span in causal["switch_leak"])
     assert "switch_step" not in dense
 
-    # Again, with a repeat of the dense arm: the finished runs are not launched again and keep their
+    # Again, with a repeat of the dense arm: runs already in the results are not run again and keep their
     # entries; the repeat is a new run beside the first, compared with the first dense run. On the CPU
     # training is bitwise repeatable, so the repeat ends exactly where the first dense run did.
     again = run_matrix(tmp_path, corpus, "--repeats", "0,1", arms="dense")
-    assert "toy-s0-dense: finished, not launched again" in again.stdout and "toy-s0-dense-r1" in again.stdout
+    assert "toy-s0-dense: already in" in again.stdout and "toy-s0-dense-r1" in again.stdout
     now = json.loads((tmp_path / "results.json").read_text())
     assert [(r["arm"], r["repeat"]) for r in now] == [("causal", 0), ("dense", 0), ("dense", 1)]
     assert now[:2] == results and now[2]["final_bpb_dense"] == dense["final_bpb_dense"]
