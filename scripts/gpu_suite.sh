@@ -6,6 +6,9 @@
 #   bash scripts/gpu_suite.sh OUT_DIR hf        Hugging Face model at 64K, "sdpa" vs "lighthouse"
 #   bash scripts/gpu_suite.sh OUT_DIR kernels   kernel tests compiled on CUDA (no extra packages needed)
 #   bash scripts/gpu_suite.sh OUT_DIR recipe    the recipe experiment (scripts/recipe.py), one arm per GPU
+#   bash scripts/gpu_suite.sh OUT_DIR train1m   a 1M-token step of the paper's shape: the paper's layout (four dense
+#                                               layers; minutes per step), then all-Lighthouse with fp32 weights and
+#                                               16 block inputs in host memory (docs/benchmarks.md's unmeasured rows)
 #   bash scripts/gpu_suite.sh OUT_DIR robustness  the next runs of the robustness matrix, three at a time on GPU 0
 #                                               (CORPORA, SEEDS, ARMS, LRS, REPEATS, STREAMS, PARALLEL override; OUT_DIR/robustness.json = the
 #                                               repository's docs/results/robustness.json with the new runs merged)
@@ -34,6 +37,13 @@ for part in "$@"; do
         --out "$out/train_recipe.json" > "$out/train_recipe.log" 2>&1; tail -n 12 "$out/train_recipe.log"
       python3 -m lighthouse.bench train --config configs/paper-530m.toml --seq-lens 32K,64K,96K,128K \
         --out "$out/train_paper.json" > "$out/train_paper.log" 2>&1; tail -n 12 "$out/train_paper.log" ;;
+    train1m)
+      common=(--config configs/paper-530m.toml --seq-lens 1M --attention lighthouse --loss-chunk 65536 --steps 1 --warmup 1)
+      timeout 560 python3 -m lighthouse.bench train "${common[@]}" --checkpointing block --param-dtype bfloat16 \
+        --out "$out/train-1m-paper-layout.json" > "$out/train-1m-paper-layout.log" 2>&1; tail -n 6 "$out/train-1m-paper-layout.log"
+      timeout 300 python3 -m lighthouse.bench train "${common[@]}" --set 'model.dense_layers=[]' --checkpointing block \
+        --offload-layers 16 --out "$out/train-1m-fp32-offload.json" > "$out/train-1m-fp32-offload.log" 2>&1
+      tail -n 6 "$out/train-1m-fp32-offload.log" ;;
     hf)
       python3 -m lighthouse.bench hf --out "$out/hf.json" > "$out/hf.log" 2>&1; tail -n 12 "$out/hf.log" ;;
     kernels)
