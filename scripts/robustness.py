@@ -319,7 +319,9 @@ def main() -> int:
         for arm in arms:  # arms outer, corpora inner: the parallel slots mix corpora
             for corpus in corpora:
                 name = run_name(corpus, seed, arm, repeat, lr, cfg.data.streams)
-                if (corpus, lr or cfg.optim.lr, cfg.data.streams, seed, arm, repeat) in recorded:
+                identity = {"corpus": corpus, "lr": lr or cfg.optim.lr, "streams": cfg.data.streams, "seed": seed,
+                            "arm": arm, "repeat": repeat}
+                if run_key(identity) in recorded:
                     # another machine ran it (its folder is not here): its entry stands; --repeats runs it again
                     print(f"{name}: already in {results_path}, not run again", flush=True)
                     continue

@@ -168,11 +168,14 @@ class Config:
     def stage_end(self, index: int) -> int:
         return sum(s.steps for s in self.stages[: index + 1])
 
+    def step_in_stage(self, step: int) -> tuple[StageConfig, int]:
+        """The stage that trains step `step`, and how many of its steps come before it."""
+        index = self.stage_at(step)
+        return self.stages[index], step - (self.stage_end(index) - self.stages[index].steps)
+
     def attention_at(self, step: int) -> str:
         """The attention step `step` trains with: its stage's, or dense on a stage's `dense_every` steps."""
-        index = self.stage_at(step)
-        stage = self.stages[index]
-        into = step - (self.stage_end(index) - stage.steps)
+        stage, into = self.step_in_stage(step)
         if stage.dense_every and into % stage.dense_every == stage.dense_every - 1:
             return "dense"
         return stage.attention

@@ -216,15 +216,14 @@ class Trainer:
     def _enter_stage(self, stage: int | None) -> int:
         """The stage of the next step, with the step's attention in place (logged when a stage begins)."""
         now = self.cfg.stage_at(self.step)
-        self._use_attention(self.cfg.attention_at(self.step))
         if now != stage:
             s = self.cfg.stages[now]
-            mixed = f", every {s.dense_every}th step dense" if s.dense_every else ""
+            mixed = f", one step in {s.dense_every} dense" if s.dense_every else ""
             rewarm = f", learning rate re-warmed over {s.warmup_steps} steps" if s.warmup_steps else ""
-            self._use_attention(s.attention)
+            self._use_attention(s.attention)  # the stage's own layers, for the log line
             self.log.write(f"[{self.cfg.name}] stage {now + 1}/{len(self.cfg.stages)}: {s.attention} attention "
                            f"(layers {self.model.attention_kinds()}{mixed}{rewarm}) from step {self.step}")
-            self._use_attention(self.cfg.attention_at(self.step))
+        self._use_attention(self.cfg.attention_at(self.step))
         return now
 
     def _record(self, stage: int) -> dict:

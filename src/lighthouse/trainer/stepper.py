@@ -20,9 +20,7 @@ from .config import Config
 def lr_at(cfg: Config, step: int) -> float:
     """Learning rate of step `step` (0-based): linear warm-up, then the schedule to the last step;
     a stage with `warmup_steps` ramps the scheduled rate up again over its first steps."""
-    index = cfg.stage_at(step)
-    stage = cfg.stages[index]
-    into = step - (cfg.stage_end(index) - stage.steps)
+    stage, into = cfg.step_in_stage(step)
     ramp = (into + 1) / stage.warmup_steps if into < stage.warmup_steps else 1.0
     return ramp * _scheduled_lr(cfg, step)
 
