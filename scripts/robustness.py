@@ -218,9 +218,9 @@ def plot_matrix(results: list[dict], out: Path) -> None:
 
 def run_name(corpus: str, seed: int, arm: str, repeat: int = 0, lr: float | None = None, streams: int = 1) -> str:
     """The run's folder name; `lr` only when it is not the config's and `streams` when not 1 (so the
-    default runs keep their names)."""
-    return (f"{corpus}-s{seed}-{arm}" + (f"-lr{lr:g}" if lr is not None else "") + (f"-st{streams}" if streams != 1 else "")
-            + (f"-r{repeat}" if repeat else ""))
+    first rounds' runs keep their names; 0, the trainer's automatic count, is `-stauto`)."""
+    tail = "" if streams == 1 else "-stauto" if streams == 0 else f"-st{streams}"
+    return f"{corpus}-s{seed}-{arm}" + (f"-lr{lr:g}" if lr is not None else "") + tail + (f"-r{repeat}" if repeat else "")
 
 
 def parse_repeats(text: str) -> list[int]:

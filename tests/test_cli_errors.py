@@ -72,7 +72,7 @@ CASES = [
     case("train-folder-documents-of-files",
      f"{TRAIN} --set name=docs --set data.paths=[\"{{corpus}}/doc000.txt\"] --set data.document=folder"),
     case("train-seq-len-too-short", f"{TRAIN} --set data.seq_len=100"),
-    case("train-streams-0", f"{TRAIN} --set name=st --set data.streams=0"),
+    case("train-streams-negative", f"{TRAIN} --set name=st --set data.streams=-1"),
     case("train-streams-more-than-documents", f"{TRAIN} --set name=st2 --set data.streams=100000"),
     case("train-stage-kind", f"{TRAIN} --set stages.0.attention=sparse"),
     case("train-existing-run", TRAIN),

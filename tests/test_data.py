@@ -1,5 +1,6 @@
 """The byte-level data pipeline: text, JSONL, Parquet, bad input, split, order, resumption."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import torch
 from lighthouse.tokenizer import EOD_ID, decode
 from lighthouse.trainer.config import DataConfig
 from lighthouse.trainer.data import (
+    AUTO_STREAMS,
     ByteData,
     DataError,
     DataStats,
@@ -288,7 +290,7 @@ def test_auto_split_keeps_whole_documents_where_they_work(tmp_path):
     for i in range(60):
         (tmp_path / f"f{i:02d}.txt").write_text(f"document number {i} " * 20, encoding="utf-8")
     cfg = DataConfig(source="files", paths=[str(tmp_path)], seq_len=32, val_fraction=0.2, val_windows=2)
-    data = ByteData(cfg, seed=3)
+    data = ByteData(dataclasses.replace(cfg, streams=1), seed=3)
     assert data.split_by == "documents" and data.split_description.startswith("by whole documents")
     legacy = PackedWindows(DocStream(expand_paths([str(tmp_path)]), "train", 0.2, 3), seq_len=32)
     assert all(np.array_equal(data.train.next_window(), legacy.next_window()) for _ in range(50))
@@ -480,7 +482,7 @@ def test_interleaved_streams_spread_a_long_document_and_resume_exactly(tmp_path)
     assert all(np.array_equal(w, alone[i % 3].next_window()) for i, w in enumerate(got))
     long_rows = [i for i, w in enumerate(got) if (w == ord("L")).all()]
     assert len(long_rows) >= 10 and all(b - a >= 3 for a, b in zip(long_rows, long_rows[1:]))  # never in a row
-    one = ByteData(DataConfig(**base), seed=4)
+    one = ByteData(DataConfig(**base, streams=1), seed=4)
     assert isinstance(one.train, PackedWindows)
     one_rows = [i for i in range(60) if (one.train.next_window() == ord("L")).all()]
     assert any(b - a == 1 for a, b in zip(one_rows, one_rows[1:]))  # one stream: back to back
@@ -491,11 +493,60 @@ def test_interleaved_streams_spread_a_long_document_and_resume_exactly(tmp_path)
     assert all(np.array_equal(data.train.next_window(), again.train.next_window()) for _ in range(40))
     assert again.train.windows == 100
     with pytest.raises(DataError, match="as 3 interleaved streams and data.streams is 1 now"):
-        ByteData(DataConfig(**base), seed=4).train.load_state_dict(state)
+        ByteData(DataConfig(**base, streams=1), seed=4).train.load_state_dict(state)
     with pytest.raises(DataError, match="as 1 stream.* and data.streams is 2 now"):
         ByteData(DataConfig(**base, streams=2), seed=4).train.load_state_dict(one.train.state_dict())
     with pytest.raises(DataError, match="data.streams = 99 but the corpus has 31 documents"):
         ByteData(DataConfig(**base, streams=99), seed=4)
+
+
+def test_auto_streams_take_as_many_as_the_corpus_fills(tmp_path):
+    """data.streams = 0 (the default): 16 streams on a corpus of 31 documents (the same windows as
+    data.streams = 16); on a corpus of one training and one held-out document, one stream (two would
+    leave a stream with nothing to train on); the start-up line says how many."""
+    (tmp_path / "long.txt").write_text("L" * 2000, encoding="utf-8")
+    for i in range(30):
+        (tmp_path / f"s{i:02d}.txt").write_text(f"short {i} " * 10, encoding="utf-8")
+    base = dict(source="files", paths=[str(tmp_path)], seq_len=32, val_fraction=0.1, val_windows=1, val_split="bytes")
+    assert DataConfig().streams == 0
+    auto, sixteen = ByteData(DataConfig(**base), seed=4), ByteData(DataConfig(**base, streams=16), seed=4)
+    assert auto.streams == AUTO_STREAMS == 16 and len(auto.train.streams) == 16
+    assert all(np.array_equal(auto.train.next_window(), sixteen.train.next_window()) for _ in range(40))
+    assert "training windows from 16 streams in turn" in auto.summary()
+    # whole held-out documents: the most streams up to 16 in which every stream has a training document
+    whole = ByteData(DataConfig(**{**base, "val_split": "documents"}), seed=4)
+    n, held_out = whole.streams, [doc_is_val(u.name, 0, 0.1) for u in whole.units]
+    assert 1 < n <= 16 and all(not all(held_out[j::n]) for j in range(n))
+    assert all(any(all(held_out[j::m]) for j in range(m)) for m in range(n + 1, 17))
+    for _ in range(3 * n):
+        whole.train.next_window()
+
+    small = tmp_path / "small" / "corpus"
+    small.mkdir(parents=True)
+    train_name = next(f"corpus/a{i}.txt" for i in range(1000) if not doc_is_val(f"corpus/a{i}.txt", 0, 0.5))
+    val_name = next(f"corpus/b{i}.txt" for i in range(1000) if doc_is_val(f"corpus/b{i}.txt", 0, 0.5))
+    for name in (train_name, val_name):
+        (small.parent / name).write_text("some text " * 40, encoding="utf-8")
+    two = ByteData(DataConfig(source="files", paths=[str(small)], seq_len=32, val_fraction=0.5, val_windows=1,
+                              val_split="documents"), seed=0)
+    assert len(two.units) == 2 and two.streams == 1 and isinstance(two.train, PackedWindows)
+    assert "training windows from one stream" in two.summary()
+    two.train.next_window()
+
+
+def test_one_stream_warns_when_a_document_fills_consecutive_steps(tmp_path):
+    """With data.streams = 1 a document of 8 or more steps' worth of tokens is named with the fix; with
+    several streams, or when every document is shorter, there is no warning."""
+    (tmp_path / "long.txt").write_text("L" * 2000, encoding="utf-8")
+    for i in range(30):
+        (tmp_path / f"s{i:02d}.txt").write_text(f"short {i} " * 10, encoding="utf-8")
+    base = dict(source="files", paths=[str(tmp_path)], seq_len=32, val_fraction=0.1, val_windows=1)
+    one = ByteData(DataConfig(**base, streams=1), seed=0)
+    message = one.long_document_warning(tokens_per_step=64)
+    assert "long.txt, 2,000 bytes" in message and "about 31 consecutive training steps" in message
+    assert "data.streams = 16" in message
+    assert one.long_document_warning(tokens_per_step=251) is None  # 2,000 bytes < 8 steps of 251
+    assert ByteData(DataConfig(**base), seed=0).long_document_warning(tokens_per_step=64) is None
 
 
 def test_a_stream_with_no_training_document_is_named(tmp_path):

@@ -85,9 +85,9 @@ def test_toy_matrix_on_your_own_corpus(tmp_path):
     assert causal["tokens"] == dense["tokens"] == 16 * 512
     assert causal["lighthouse"]["selection"] == "causal"
     for r in results:
-        evaluated = json.loads((tmp_path / "matrix" / "evals" / f"toy-s0-{r['arm']}" / "position.json").read_text())
+        evaluated = json.loads((tmp_path / "matrix" / "evals" / f"toy-s0-{r['arm']}-stauto" / "position.json").read_text())
         assert r["final_bpb_dense"] == evaluated["val_bpb"] and r["final_windows"] == 2
-    records = read_metrics(tmp_path / "matrix" / "toy-s0-causal")
+    records = read_metrics(tmp_path / "matrix" / "toy-s0-causal-stauto")  # the demo's data.streams = 0: auto
     switch = [x for x in records if x["kind"] == "stage_end"][0]
     assert (causal["switch_step"], causal["switch_bpb_lighthouse"], causal["switch_bpb_dense"]) == \
         (10, switch["val_bpb"], switch["val_bpb_dense"])
@@ -98,7 +98,7 @@ def test_toy_matrix_on_your_own_corpus(tmp_path):
     # entries; the repeat is a new run beside the first, compared with the first dense run. On the CPU
     # training is bitwise repeatable, so the repeat ends exactly where the first dense run did.
     again = run_matrix(tmp_path, corpus, "--repeats", "0,1", arms="dense")
-    assert "toy-s0-dense: already in" in again.stdout and "toy-s0-dense-r1" in again.stdout
+    assert "toy-s0-dense-stauto: already in" in again.stdout and "toy-s0-dense-stauto-r1" in again.stdout
     now = json.loads((tmp_path / "results.json").read_text())
     assert [(r["arm"], r["repeat"]) for r in now] == [("causal", 0), ("dense", 0), ("dense", 1)]
     assert now[:2] == results and now[2]["final_bpb_dense"] == dense["final_bpb_dense"]
@@ -133,6 +133,7 @@ def test_summary_pairs_every_run_with_the_first_dense_run_of_its_seed_and_rate(t
             robustness.parse_repeats(bad)
     assert robustness.run_name("c", 1, "dense", 0, 1e-3) == "c-s1-dense-lr0.001"
     assert robustness.run_name("c", 1, "dense", 2, None, 16) == "c-s1-dense-st16-r2"
+    assert robustness.run_name("c", 1, "dense", 0, None, 0) == "c-s1-dense-stauto"  # data.streams = 0: auto
     assert robustness.parse_lrs("", 2e-3) == [None] and robustness.parse_lrs("1e-3, 2e-3", 2e-3) == [1e-3, None]
     for bad in ("x", "0", "1e-3,1e-3", "2"):
         with pytest.raises(SystemExit, match="--lrs"):

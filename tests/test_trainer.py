@@ -241,6 +241,19 @@ def test_a_config_written_before_the_stage_keys_resumes_without_a_diff():
     assert config_diff(old, now) == []
 
 
+def test_a_config_written_before_data_streams_read_one_stream():
+    """data.streams is absent from configs written before it existed, whose runs read one stream: resumed
+    under today's default (0, auto) the diff names the key, and the data's resume error says what to set."""
+    from lighthouse.trainer.config import config_diff, to_dict
+
+    now = to_dict(load_config(None))
+    old = to_dict(load_config(None))
+    del old["data"]["streams"]
+    assert config_diff(old, now) == [("data.streams", 1, 0)]
+    old["data"]["streams"] = 0
+    assert config_diff(old, now) == []
+
+
 def test_checkpoint_is_atomic(tmp_path, monkeypatch):
     model = torch.nn.Linear(3, 3)
     save_checkpoint(tmp_path, 1, model, {"step": 1})

@@ -34,6 +34,7 @@ else:  # pragma: no cover
 from ..checkpointing import checkpoint_policy
 from ..config import LighthouseConfig, LighthouseConfigError
 from ..model import ATTENTION_KINDS, ModelArgs, check_model_args
+from .data.stream import AUTO_STREAMS
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16")
@@ -62,8 +63,10 @@ class DataConfig:
     # windows (or the rest one window), then "bytes".
     val_split: str = "auto"
     # Training windows come in turn from this many streams, each over every k-th document: a long
-    # document then fills every k-th step instead of consecutive ones. 1: one stream (as before).
-    streams: int = 1
+    # document then fills every k-th step instead of consecutive ones (docs/results.md: every run of
+    # the robustness matrix ended 0.2-1.0 bpb lower with 16). 0, "auto": 16, or as many as the
+    # corpus's training documents can fill; 1: one stream, documents back to back.
+    streams: int = 0
 
 
 @dataclass
@@ -439,8 +442,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"'data.val_fraction' must be between 0 and 1 (exclusive), got {d.val_fraction}")
     if d.val_windows < 1:
         raise ConfigError(f"'data.val_windows' must be >= 1, got {d.val_windows}")
-    if d.streams < 1:
-        raise ConfigError(f"'data.streams' must be >= 1, got {d.streams}")
+    if d.streams < 0:
+        raise ConfigError(f"'data.streams' must be >= 0 (0: auto, up to {AUTO_STREAMS}), got {d.streams}")
     if d.max_bytes < 0:
         raise ConfigError(f"'data.max_bytes' must be >= 0 (0: no cap), got {d.max_bytes}")
     if not d.text_field:
@@ -536,6 +539,11 @@ def micro_batch_per_rank(cfg: Config, dp: int) -> int:
 
 
 # ---- comparing -------------------------------------------------------------------------------
+# What a config written before a key existed did, where that differs from today's default: such a
+# config read its data as one stream (the default is now 0, auto).
+BEFORE_THE_KEY = {"data": {"streams": 1}}
+
+
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
     """(dotted key, old value, new value) for every value of `new` that `old` holds otherwise.
 
@@ -544,6 +552,7 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, objec
     """
     if prefix == "":
         merged = to_dict(Config())
+        _merge(merged, BEFORE_THE_KEY)
         _merge(merged, old)
         _fill_stage_defaults(merged)
         old = merged

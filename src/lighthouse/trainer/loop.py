@@ -301,8 +301,9 @@ class Trainer:
             )
             self.echo(f"[{cfg.name}] data: {self.data.summary()}; {self.data.split_description}")
             repeats = self.data.epoch_budget_warning(cfg.total_steps * cfg.tokens_per_step)
-            if repeats:
-                self.echo(f"[{cfg.name}] warning: {repeats}")
+            for warning in (repeats, self.data.long_document_warning(cfg.tokens_per_step)):
+                if warning:
+                    self.echo(f"[{cfg.name}] warning: {warning}")
             show = t.progress if progress is None else progress
             self.log = TrainLog(cfg.name, cfg.run_dir, total, self.step, show, self.echo,
                                 reduce=self.parallel.mean if self.parallel.distributed else None,

@@ -182,6 +182,10 @@ class PackedWindows(WindowSource):
         self.windows = int(state["windows"])
 
 
+# data.streams = 0 (auto): this many streams, or fewer when the corpus cannot fill them.
+AUTO_STREAMS = 16
+
+
 class InterleavedWindows(WindowSource):
     """Window i from stream i mod k: k packed streams over disjoint shares of the documents.
 
