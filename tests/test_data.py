@@ -536,7 +536,7 @@ def test_auto_streams_take_as_many_as_the_corpus_fills(tmp_path):
 
 def test_one_stream_warns_when_a_document_fills_consecutive_steps(tmp_path):
     """With data.streams = 1 a document of 8 or more steps' worth of tokens is named with the fix; with
-    several streams, or when every document is shorter, there is no warning."""
+    several streams, auto on a one-document corpus, or when every document is shorter, no warning."""
     (tmp_path / "long.txt").write_text("L" * 2000, encoding="utf-8")
     for i in range(30):
         (tmp_path / f"s{i:02d}.txt").write_text(f"short {i} " * 10, encoding="utf-8")
@@ -544,9 +544,15 @@ def test_one_stream_warns_when_a_document_fills_consecutive_steps(tmp_path):
     one = ByteData(DataConfig(**base, streams=1), seed=0)
     message = one.long_document_warning(tokens_per_step=64)
     assert "long.txt, 2,000 bytes" in message and "about 31 consecutive training steps" in message
-    assert "data.streams = 16" in message
+    assert "data.streams = 0 (auto)" in message
     assert one.long_document_warning(tokens_per_step=251) is None  # 2,000 bytes < 8 steps of 251
     assert ByteData(DataConfig(**base), seed=0).long_document_warning(tokens_per_step=64) is None
+    # auto on a corpus that fills only one stream: one stream too, but nothing the user could change
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "long.txt").write_text("L" * 2000, encoding="utf-8")
+    alone = ByteData(DataConfig(source="files", paths=[str(tmp_path / "one")], seq_len=32, val_fraction=0.1,
+                                val_windows=1, val_split="bytes"), seed=0)
+    assert alone.streams == 1 and alone.long_document_warning(tokens_per_step=64) is None
 
 
 def test_a_stream_with_no_training_document_is_named(tmp_path):

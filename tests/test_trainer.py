@@ -243,7 +243,8 @@ def test_a_config_written_before_the_stage_keys_resumes_without_a_diff():
 
 def test_a_config_written_before_data_streams_read_one_stream():
     """data.streams is absent from configs written before it existed, whose runs read one stream: resumed
-    under today's default (0, auto) the diff names the key, and the data's resume error says what to set."""
+    under today's default (0, auto) the diff names the key (the data's own resume error for a changed
+    stream count is tested in test_data)."""
     from lighthouse.trainer.config import config_diff, to_dict
 
     now = to_dict(load_config(None))

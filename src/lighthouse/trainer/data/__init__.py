@@ -151,12 +151,18 @@ class ByteData:
         (every n-th document unit) holds a training document, so a small corpus gets fewer."""
         if k > 0:
             return k
-        trains = [self.split_by == "bytes" or any(f.kind != "text" for f in unit_files(u))
-                  or not doc_is_val(u.name, 0, self.cfg.val_fraction) for u in self.units]
+        trains = [not self._held_out(u) for u in self.units]
         for n in range(min(AUTO_STREAMS, len(self.units)), 1, -1):
             if all(any(trains[j::n]) for j in range(n)):
                 return n
         return 1
+
+    def _held_out(self, unit) -> bool:
+        """Whether the whole unit is validation data: a text document (or group) under the whole-document
+        split whose name hashes below val_fraction. JSONL/Parquet records and byte-split documents have
+        a part in both splits."""
+        return (self.split_by == "documents" and unit.kind not in ("jsonl", "parquet")
+                and doc_is_val(unit.name, 0, self.cfg.val_fraction))
 
     def _train_stream(self, seed: int, k: int) -> WindowSource:
         """One packed stream of the training documents, or (k > 1) k of them, each over every k-th
@@ -250,7 +256,7 @@ class ByteData:
                 train_bytes, val_bytes = train_bytes + head, val_bytes + size - min(size, head)
                 train_docs, val_docs = train_docs + 1, val_docs + 1
                 train_tokens += head + 3 + 1  # the cut moves forward by at most 3 bytes
-            elif doc_is_val(u.name, 0, vf):
+            elif self._held_out(u):
                 val_bytes, val_docs = val_bytes + size, val_docs + 1
             else:
                 train_bytes, train_docs = train_bytes + size, train_docs + 1
@@ -316,15 +322,15 @@ class ByteData:
         )
 
     def long_document_warning(self, tokens_per_step: int, steps: int = 8) -> str | None:
-        """A message when the training windows come from one stream (data.streams = 1) and one
-        document fills `steps` or more consecutive training steps.
+        """A message when the config asks for one stream (data.streams = 1) and one document fills
+        `steps` or more consecutive training steps.
 
         Read in one piece, such a document is all the model sees for those steps, and it fits it at
         the validation set's expense: in docs/results.md, windows from 16 streams ended every run
         0.2-1.0 bpb lower. Text documents only (a JSONL or Parquet file holds many records).
         """
-        if self.streams > 1 or tokens_per_step <= 0:
-            return None
+        if getattr(self.cfg, "streams", 1) != 1 or tokens_per_step <= 0:
+            return None  # several streams, or auto on a corpus that cannot fill two: nothing to change
         sizes = [(sum(file_size(f) for f in unit_files(u)), u.name) for u in self.units
                  if all(f.kind == "text" for f in unit_files(u))]
         if not sizes:
@@ -334,9 +340,9 @@ class ByteData:
             return None
         return (
             f"the largest document ({name}, {size:,} bytes) fills about {size // tokens_per_step:,} consecutive "
-            f"training steps of {tokens_per_step:,} tokens, read in one piece: set data.streams = 16 to take "
-            "windows in turn from 16 streams of documents (docs/results.md: every run of the robustness "
-            "matrix ended 0.2-1.0 bpb lower with them)"
+            f"training steps of {tokens_per_step:,} tokens, read in one piece: set data.streams = 0 (auto) to take "
+            "windows in turn from up to 16 streams of documents (docs/results.md: every run of the robustness "
+            "matrix ended 0.2-1.0 bpb lower with 16)"
         )
 
     def state_dict(self) -> dict:
