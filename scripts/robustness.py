@@ -184,34 +184,38 @@ def plot_matrix(results: list[dict], out: Path) -> None:
     dense = paired_dense(results)
     corpora = sorted({r["corpus"] for r in results})
     one_lr = len({r["lr"] for r in results}) == 1
-    # one colour per arm, learning rate and stream count; dense repeats show the spread (the first dense run is
-    # the zero line)
-    variants = sorted({(r["arm"], r["lr"], r.get("streams", 1)) for r in results
-                       if r["arm"] != "dense" or r.get("repeat", 0)})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    one_len = len({r.get("seq_len", 0) for r in results}) == 1
+    # one colour per arm, length, learning rate and stream count; dense repeats show the spread (the first dense
+    # run is the zero line)
+    def variant(r):
+        return r["arm"], r.get("seq_len", 0), r["lr"], r.get("streams", 1)
+    variants = sorted({variant(r) for r in results if r["arm"] != "dense" or r.get("repeat", 0)})
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.5))
     width = 0.8 / max(1, len(variants))
-    for j, (arm, lr, streams) in enumerate(variants):
-        label = arm + ("" if one_lr else f" lr {lr:g}") + ("" if streams == 1 else f" {streams} streams")
+    for j, (arm, seq_len, lr, streams) in enumerate(variants):
+        colour, marker = f"C{j % 10}", "os^D"[j // 10 % 4]  # ten colours, then a new marker shape
+        label = (arm + ("" if one_len else f" {seq_len // 1024}K") + ("" if one_lr else f" lr {lr:g}")
+                 + ("" if streams == 1 else f" {streams} streams"))
         for i, corpus in enumerate(corpora):
-            rows = [r for r in results if (r["corpus"], r["arm"], r["lr"], r.get("streams", 1)) == (corpus, arm, lr, streams)
+            rows = [r for r in results if r["corpus"] == corpus and variant(r) == (arm, seq_len, lr, streams)
                     and dense.get(pair_key(r)) not in (None, r)]
             x = i + (j - (len(variants) - 1) / 2) * width
             for again in (False, True):  # repeats of a configuration as hollow dots
                 diffs = [r["final_bpb_dense"] - dense[pair_key(r)]["final_bpb_dense"] for r in rows
                          if bool(r.get("repeat")) == again]
-                axes[0].scatter([x] * len(diffs), diffs, color=f"C{j}", facecolors="none" if again else f"C{j}",
-                                label=label if i == 0 and not again else None, zorder=3)
+                axes[0].scatter([x] * len(diffs), diffs, color=colour, facecolors="none" if again else colour,
+                                marker=marker, label=label if i == 0 and not again else None, zorder=3)
             leaks = [r["switch_leak"][0] for r in rows if r.get("switch_leak")]
             axes[1].errorbar([x] * len(leaks), [lk["mean_nats"] for lk in leaks], yerr=[lk["stderr"] for lk in leaks],
-                             fmt="o", color=f"C{j}", capsize=3, label=label if i == 0 else None)
+                             fmt=marker, color=colour, capsize=3)
     for ax, title in ((axes[0], "final bpb (dense evaluation) minus dense's, equal tokens"),
                       (axes[1], "leak meter at the switch: loss change at t when byte t+1 is replaced (nats)")):
         ax.axhline(0.0, color="grey", linewidth=1)
         ax.set_xticks(range(len(corpora)), corpora)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=8)  # one legend for both panels
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -245,13 +249,14 @@ def parse_lrs(text: str, default: float) -> list[float | None]:
 
 
 def run_key(r: dict) -> tuple:
-    """What identifies a run in the results (entries from before repeats existed are repeat 0)."""
-    return r["corpus"], r["lr"], r.get("streams", 1), r["seed"], r["arm"], r.get("repeat", 0)
+    """What identifies a run in the results (entries from before repeats existed are repeat 0; entries
+    without a length, hand-written ones, count as one length)."""
+    return r["corpus"], r.get("seq_len", 0), r["lr"], r.get("streams", 1), r["seed"], r["arm"], r.get("repeat", 0)
 
 
 def pair_key(r: dict) -> tuple:
-    """The runs compared with each other: same corpus, learning rate, data streams and seed."""
-    return r["corpus"], r["lr"], r.get("streams", 1), r["seed"]
+    """The runs compared with each other: same corpus, sequence length, learning rate, data streams and seed."""
+    return r["corpus"], r.get("seq_len", 0), r["lr"], r.get("streams", 1), r["seed"]
 
 
 def paired_dense(results: list[dict]) -> dict[tuple, dict]:
@@ -263,17 +268,17 @@ def paired_dense(results: list[dict]) -> dict[tuple, dict]:
 
 
 def summary_rows(results: list[dict]) -> list[dict]:
-    """Per corpus, learning rate, data streams and arm: the final dense-evaluated bpb minus the paired dense
-    run's, over seeds and repeats."""
+    """Per corpus, sequence length, learning rate, data streams and arm: the final dense-evaluated bpb minus the
+    paired dense run's, over seeds and repeats."""
     dense = paired_dense(results)
-    groups: dict[tuple[str, float, int, str], list[float]] = {}
+    groups: dict[tuple[str, int, float, int, str], list[float]] = {}
     for r in results:
         base = dense.get(pair_key(r))
         if base is not None and r is not base:
-            key = r["corpus"], r["lr"], r.get("streams", 1), r["arm"]
+            key = r["corpus"], r.get("seq_len", 0), r["lr"], r.get("streams", 1), r["arm"]
             groups.setdefault(key, []).append(r["final_bpb_dense"] - base["final_bpb_dense"])
-    return [{"corpus": c, "lr": lr, "streams": k, "arm": a, "runs": len(d), "mean": statistics.fmean(d), "min": min(d),
-             "max": max(d)} for (c, lr, k, a), d in sorted(groups.items())]
+    return [{"corpus": c, "seq_len": n, "lr": lr, "streams": k, "arm": a, "runs": len(d), "mean": statistics.fmean(d),
+             "min": min(d), "max": max(d)} for (c, n, lr, k, a), d in sorted(groups.items())]
 
 
 def main() -> int:
@@ -319,8 +324,8 @@ def main() -> int:
         for arm in arms:  # arms outer, corpora inner: the parallel slots mix corpora
             for corpus in corpora:
                 name = run_name(corpus, seed, arm, repeat, lr, cfg.data.streams)
-                identity = {"corpus": corpus, "lr": lr or cfg.optim.lr, "streams": cfg.data.streams, "seed": seed,
-                            "arm": arm, "repeat": repeat}
+                identity = {"corpus": corpus, "seq_len": cfg.data.seq_len, "lr": lr or cfg.optim.lr,
+                            "streams": cfg.data.streams, "seed": seed, "arm": arm, "repeat": repeat}
                 if run_key(identity) in recorded:
                     # another machine ran it (its folder is not here): its entry stands; --repeats runs it again
                     print(f"{name}: already in {results_path}, not run again", flush=True)
@@ -348,7 +353,7 @@ def main() -> int:
     results.sort(key=run_key)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"{'corpus':<8} {'lr':>7} {'seed':>4} {'arm':<12} {'final bpb (dense)':>17} {'vs dense':>9} {'switch LH/dense':>16} "
+    print(f"{'corpus':<8} {'N':>7} {'lr':>7} {'seed':>4} {'arm':<12} {'final bpb (dense)':>17} {'vs dense':>9} {'switch LH/dense':>16} "
           f"{'leak@switch':>12} {'train s':>8}")
     dense = paired_dense(results)
     for r in results:
@@ -357,12 +362,12 @@ def main() -> int:
         switch = (f"{r['switch_bpb_lighthouse']:.3f}/{r['switch_bpb_dense']:.3f}" if "switch_bpb_dense" in r else "-")
         leak = f"{r['switch_leak'][0]['mean_nats']:+.4f}" if r.get("switch_leak") else "-"
         arm = r["arm"] + (f" r{r['repeat']}" if r.get("repeat") else "")
-        print(f"{r['corpus']:<8} {r['lr']:>7g} {r['seed']:>4} {arm:<12} {r['final_bpb_dense']:>17.4f} {diff:>9} {switch:>16} "
-              f"{leak:>12} {r['train_s']:>8.1f}")
-    print(f"\n{'corpus':<8} {'lr':>7} {'streams':>7} {'arm':<12} {'runs':>4} {'vs dense: mean':>15} {'min':>8} {'max':>8}")
+        print(f"{r['corpus']:<8} {r.get('seq_len', 0):>7} {r['lr']:>7g} {r['seed']:>4} {arm:<12} "
+              f"{r['final_bpb_dense']:>17.4f} {diff:>9} {switch:>16} {leak:>12} {r['train_s']:>8.1f}")
+    print(f"\n{'corpus':<8} {'N':>7} {'lr':>7} {'streams':>7} {'arm':<12} {'runs':>4} {'vs dense: mean':>15} {'min':>8} {'max':>8}")
     for row in summary_rows(results):
-        print(f"{row['corpus']:<8} {row['lr']:>7g} {row['streams']:>7} {row['arm']:<12} {row['runs']:>4} {row['mean']:>+15.3f} "
-              f"{row['min']:>+8.3f} {row['max']:>+8.3f}")
+        print(f"{row['corpus']:<8} {row['seq_len']:>7} {row['lr']:>7g} {row['streams']:>7} {row['arm']:<12} {row['runs']:>4} "
+              f"{row['mean']:>+15.3f} {row['min']:>+8.3f} {row['max']:>+8.3f}")
     print(f"{done} of {len(planned)} planned runs finished; {results_path}" + ("" if finished else " (run again to continue)"))
     return 0 if finished else 3
 

@@ -108,20 +108,25 @@ def test_toy_matrix_on_your_own_corpus(tmp_path):
 
 
 def test_summary_pairs_every_run_with_the_first_dense_run_of_its_seed_and_rate(tmp_path):
-    def run(seed, arm, bpb, repeat=None, lr=2e-3, streams=None):  # older entries have no repeat or streams key
+    def run(seed, arm, bpb, repeat=None, lr=2e-3, streams=None, seq_len=None):  # older entries lack the last keys
         return {"corpus": "c", "lr": lr, "seed": seed, "arm": arm, "final_bpb_dense": bpb,
-                **({} if repeat is None else {"repeat": repeat}), **({} if streams is None else {"streams": streams})}
+                **({} if repeat is None else {"repeat": repeat}), **({} if streams is None else {"streams": streams}),
+                **({} if seq_len is None else {"seq_len": seq_len})}
     results = [run(0, "dense", 3.0), run(0, "dense", 3.2, repeat=1), run(1, "dense", 2.5),
                run(0, "causal", 3.4), run(0, "causal", 3.1, repeat=1), run(1, "causal", 2.8), run(2, "causal", 1.0),
                run(0, "dense", 2.0, lr=1e-3), run(0, "causal", 2.5, lr=1e-3),
-               run(0, "dense", 2.9, streams=16), run(0, "causal", 2.95, streams=16)]
+               run(0, "dense", 2.9, streams=16), run(0, "causal", 2.95, streams=16),
+               # the same corpus, seed, rate and streams at another length: its own dense run is its baseline
+               run(0, "dense", 2.1, streams=16, seq_len=65536), run(0, "causal", 2.25, streams=16, seq_len=65536)]
+    assert len({robustness.run_key(r) for r in results}) == len(results)
     rows = {(row["arm"], row["lr"]): row for row in robustness.summary_rows(results) if row["streams"] == 1}
     streams = [row for row in robustness.summary_rows(results) if row["streams"] == 16]
-    assert [(r["arm"], r["runs"]) for r in streams] == [("causal", 1)] and streams[0]["mean"] == pytest.approx(0.05)
+    assert [(r["arm"], r["seq_len"], r["runs"]) for r in streams] == [("causal", 0, 1), ("causal", 65536, 1)]
+    assert streams[0]["mean"] == pytest.approx(0.05) and streams[1]["mean"] == pytest.approx(0.15)
     assert rows["causal", 2e-3]["runs"] == 3  # seed 2 has no dense run: not compared
     assert rows["causal", 2e-3]["mean"] == pytest.approx((0.4 + 0.1 + 0.3) / 3)
     assert (rows["causal", 2e-3]["min"], rows["causal", 2e-3]["max"]) == (pytest.approx(0.1), pytest.approx(0.4))
-    assert rows["dense", 2e-3] == {"corpus": "c", "lr": 2e-3, "streams": 1, "arm": "dense", "runs": 1,
+    assert rows["dense", 2e-3] == {"corpus": "c", "seq_len": 0, "lr": 2e-3, "streams": 1, "arm": "dense", "runs": 1,
                                    "mean": pytest.approx(0.2), "min": pytest.approx(0.2), "max": pytest.approx(0.2)}
     assert rows["causal", 1e-3]["runs"] == 1 and rows["causal", 1e-3]["mean"] == pytest.approx(0.5)  # its own rate's dense
     robustness.plot_matrix(results, tmp_path / "matrix.png")
