@@ -171,14 +171,14 @@ def first_reaching(run_dir: Path, target: float) -> dict | None:
 
 
 def eval_commands(out: Path, name: str, lengths: str, windows: int, trials: int = 5) -> list[list[str]]:
-    """The evaluations of an arm's final checkpoint not done yet (dense attention: the model users ship)."""
-    commands = []
-    for task, extra in (("position", ["--windows", str(windows)]),
-                        ("passkey", ["--lengths", lengths, "--trials", str(trials)])):
-        if not (out / "evals" / name / f"{task}.json").is_file():
-            commands.append([sys.executable, "-m", "lighthouse", "eval", "--checkpoint", str(out / name), "--task", task,
-                             "--attention", "dense", "--out", str(out / "evals" / name), *extra])
-    return commands
+    """The evaluations of an arm's final checkpoint not done yet (dense attention: the model users ship), in one
+    command (one model load)."""
+    todo = [task for task in ("position", "passkey") if not (out / "evals" / name / f"{task}.json").is_file()]
+    if not todo:
+        return []
+    return [[sys.executable, "-m", "lighthouse", "eval", "--checkpoint", str(out / name), "--task", ",".join(todo),
+             "--attention", "dense", "--out", str(out / "evals" / name), "--windows", str(windows),
+             "--lengths", lengths, "--trials", str(trials)]]
 
 
 def summarize(out: Path, config: str, state: dict, arms: dict) -> dict:

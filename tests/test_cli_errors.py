@@ -101,6 +101,8 @@ CASES = [
     case("eval-trials-0", "eval --checkpoint {run} --task passkey --trials 0"),
     case("eval-positions-0", "eval --checkpoint {run} --task leak --positions 0"),
     case("eval-task-bad", "eval --checkpoint {run} --task nope"),
+    case("eval-task-twice", "eval --checkpoint {run} --task position,position"),
+    case("eval-task-bpb-with-others", "eval --checkpoint {run} --task bpb,position"),
     case("eval-attention-bad", "eval --checkpoint {run} --attention sparse"),
     case("eval-out-unwritable", "eval --checkpoint {run} --task position --out {ro}/evals"),
     case("eval-out-a-file", "eval --checkpoint {run} --task position --out {file}"),

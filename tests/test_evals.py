@@ -169,6 +169,14 @@ def test_cli_eval_position(tiny_run, tmp_path, capsys):
     assert [b["bucket"] for b in saved["buckets"]] == ["0-256"] and saved["windows"] == 3
     assert saved["val_bpb"] == pytest.approx(bpb, abs=1e-4)
     assert (tmp_path / "position.png").read_bytes()[:8] == PNG_MAGIC
+    # several tasks on one loaded model: the same files as one task at a time
+    both = tmp_path / "both"
+    assert main(["eval", "--checkpoint", str(tiny_run), "--task", "position,passkey", "--lengths", "256",
+                 "--depths", "0", "--trials", "1", "--out", str(both)]) == 0
+    out = capsys.readouterr().out
+    assert out.index("val bpb by position") < out.index("passkey retrieval accuracy")
+    assert json.loads((both / "position.json").read_text())["buckets"] == saved["buckets"]
+    assert json.loads((both / "passkey.json").read_text())["results"][0]["trials"] == 1
 
 
 def test_cli_eval_passkey(tiny_run, tmp_path, capsys):

@@ -4,6 +4,7 @@
     lighthouse train --config configs/demo.toml --resume     # continue after a kill
     lighthouse eval --checkpoint runs/demo --attention dense # validation bits-per-byte
     lighthouse eval --checkpoint runs/demo --task passkey --lengths 1K,4K --out evals/  # also: --task position, leak
+    lighthouse eval --checkpoint runs/demo --task position,passkey --out evals/  # several tasks, one model load
     lighthouse plot runs/demo runs/demo-baseline -o plot.png
     lighthouse export runs/demo hf/demo                      # a Hugging Face Llama folder (needs .[hf])
     lighthouse sample --checkpoint runs/demo --prompt "def " # text, dense attention with a KV cache
@@ -40,6 +41,21 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+EVAL_TASKS = ("bpb", "position", "passkey", "leak")
+
+
+def eval_tasks(text: str) -> list[str]:
+    """`--task position,passkey`: one task or several, run in order on the one loaded model."""
+    tasks = [t.strip() for t in text.split(",")]
+    if any(t not in EVAL_TASKS for t in tasks) or len(set(tasks)) != len(tasks):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more of {', '.join(EVAL_TASKS)}, comma-separated, "
+                                         "each once")
+    if "bpb" in tasks and len(tasks) > 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: bpb runs alone (it prints one number); the others combine, "
+                                         "e.g. position,passkey")
+    return tasks
 
 
 def os_error_line(e: OSError) -> str:
@@ -90,10 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention of the non-dense layers (auto: that of the checkpoint's stage)")
     e.add_argument("--windows", type=positive_int,
                    help="validation windows to score (default: the run's data.val_windows)")
-    e.add_argument("--task", choices=("bpb", "position", "passkey", "leak"), default="bpb",
+    e.add_argument("--task", type=eval_tasks, default="bpb",
                    help="bpb: validation bits-per-byte (default); position: bpb by position in the window; "
                         "passkey: pass key retrieval accuracy by length and depth; leak: how much the loss at t "
-                        "depends on the bytes after t (0 for dense attention and causal selection)")
+                        "depends on the bytes after t (0 for dense attention and causal selection); several of "
+                        "the last three comma-separated (position,passkey) run on one loaded model")
     e.add_argument("--lengths",
                    help="passkey: prompt lengths in bytes, e.g. 1024,4096 or 1K,4K (default: data.seq_len)")
     e.add_argument("--depths",
@@ -186,7 +203,7 @@ def cmd_eval(args) -> int:
         parse_depths(args.depths)
     if args.out is None:
         return _eval(args)
-    if args.task == "bpb":
+    if args.task == ["bpb"]:
         raise ConfigError("--out: --task bpb prints its one number and writes nothing; --out is for --task "
                           "position, passkey or leak")
     with output_folder(args.out, "--out"):  # made now (checked before the work), gone again if the work fails
@@ -208,14 +225,15 @@ def _eval(args) -> int:
     model, cfg, step, ckpt, device = trained.model, trained.cfg, trained.step, trained.ckpt, trained.device
     kind = args.attention if args.attention != "auto" else trained.attention
     model.set_attention(kind)
-    if args.task != "bpb":
+    if args.task != ["bpb"]:
         from .eval_tasks import run_task
 
-        run_task(
-            args.task, model, cfg, device, autocast_dtype(cfg, device), attention=kind,
-            title=f"{ckpt}: step {step}, attention {kind}", lengths=args.lengths, depths=args.depths,
-            trials=args.trials, seed=args.seed, out=args.out, positions=args.positions,
-        )
+        for task in args.task:
+            run_task(
+                task, model, cfg, device, autocast_dtype(cfg, device), attention=kind,
+                title=f"{ckpt}: step {step}, attention {kind}", lengths=args.lengths, depths=args.depths,
+                trials=args.trials, seed=args.seed, out=args.out, positions=args.positions,
+            )
         return 0
     windows = ByteData(cfg.data, cfg.training.seed).val_windows()
     result = evaluate(model, windows, cfg.micro_batch, device, autocast_dtype(cfg, device))
