@@ -33,6 +33,7 @@ from lighthouse.distributed import (
     shard_sequence,
     unshard_sequence,
 )
+from lighthouse.distributed.mesh import leave_process_group
 
 D = 8
 SPAWN_TIMEOUT_S = 150  # for the whole group of ranks, start-up included
@@ -135,7 +136,9 @@ def _rank_main(rank: int, cp_degree: int, port: int, out_dir: str) -> None:
             grads[use_reduce_scatter] = (gathered.detach(), x.grad.clone())
         torch.save(grads, f"{out_dir}/all_gather.{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        # the trainer's way out: destroy, then let gloo's threads finish before the interpreter does
+        # (a rank that exited at once aborted with "terminate called without an active exception")
+        leave_process_group()
 
 
 def run_ranks(cp_degree: int, out_dir: str) -> None:
