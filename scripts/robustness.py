@@ -36,7 +36,9 @@ any machine: to measure a configuration again, use --repeats):
 corpus, seed, arm, repeat, settings, steps, tokens, train_s, final_bpb_dense (on --final-windows
 validation windows, dense attention), the bpb at the switch with both attentions, the leak
 meter at the switch, and the time at which the run first reached the paired dense run's final bpb.
-Runs share one GPU when --parallel > 1, so train_s includes contention: compare the bpb at equal
+A run at another length (another --config, or --set data.seq_len) is another configuration in the same
+file, compared only with the dense run of its length; give it its own --out (folder names do not
+carry the length). Runs share one GPU when --parallel > 1, so train_s includes contention: compare the bpb at equal
 tokens, and times only between runs made with the same --parallel (the entry records it).
 
 Learning rates: --lrs 1e-3,2e-3 runs every configuration at each; runs at another rate than the
