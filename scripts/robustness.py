@@ -38,8 +38,9 @@ validation windows, dense attention), the bpb at the switch with both attentions
 meter at the switch, and the time at which the run first reached the paired dense run's final bpb.
 A run at another length (another --config, or --set data.seq_len) is another configuration in the same
 file, compared only with the dense run of its length; give it its own --out (folder names do not
-carry the length). Runs share one GPU when --parallel > 1, so train_s includes contention: compare the bpb at equal
-tokens, and times only between runs made with the same --parallel (the entry records it).
+carry the length, and a folder of another length is refused). Runs share one GPU when --parallel > 1,
+so train_s includes contention: compare the bpb at equal tokens, and times only between runs made
+with the same --parallel (the entry records it).
 
 Learning rates: --lrs 1e-3,2e-3 runs every configuration at each; runs at another rate than the
 config's are named `-lr<rate>` and are compared only with the dense run of the same rate. The same
@@ -222,6 +223,15 @@ def plot_matrix(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def check_run_length(run_dir: Path, seq_len: int) -> None:
+    """An existing run folder of another length would be resumed as if it were this run (the trainer only
+    warns about a changed setting, and a finished run is not run again): refuse instead."""
+    saved = run_dir / "config.toml"
+    if saved.is_file() and (trained := load_config(saved).data.seq_len) != seq_len:
+        raise SystemExit(f"{run_dir}: trained at data.seq_len = {trained}, this invocation runs {seq_len}; "
+                         "give each length its own --out")
+
+
 def run_name(corpus: str, seed: int, arm: str, repeat: int = 0, lr: float | None = None, streams: int = 1) -> str:
     """The run's folder name; `lr` only when it is not the config's and `streams` when not 1 (so the
     first rounds' runs keep their names; 0, the trainer's automatic count, is `-stauto`)."""
@@ -332,6 +342,7 @@ def main() -> int:
                     # another machine ran it (its folder is not here): its entry stands; --repeats runs it again
                     print(f"{name}: already in {results_path}, not run again", flush=True)
                     continue
+                check_run_length(out / name, cfg.data.seq_len)
                 settings = arm_settings(arm, cfg)
                 overrides = [*args.overrides, *([f"optim.lr={lr}"] if lr is not None else []),
                              *corpus_overrides(corpus, own), f"training.seed={seed}", *settings]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lighthouse.trainer.config import load_config
+from lighthouse.trainer.config import load_config, to_toml
 from lighthouse.trainer.metrics import read_metrics
 from test_trainer import _env, make_corpus
 
@@ -62,6 +62,15 @@ def test_your_own_corpus_is_files_one_document_each():
     for bad in ("mine", "=/x/*.txt", "mine=", "a b=/x", "code=/x/*.c"):
         with pytest.raises(SystemExit, match="--corpus"):
             robustness.parse_corpus_flag(bad)
+
+
+def test_a_run_folder_of_another_length_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.toml").write_text(to_toml(load_config(REPO / "configs" / "demo.toml", TOY)))
+    robustness.check_run_length(tmp_path / "run", 512)  # the same length: resumed as before
+    robustness.check_run_length(tmp_path / "absent", 1024)  # no folder yet: a new run
+    with pytest.raises(SystemExit, match=r"run: trained at data.seq_len = 512, this invocation runs 1024; give each"):
+        robustness.check_run_length(tmp_path / "run", 1024)
 
 
 def run_matrix(tmp_path: Path, corpus: Path, *extra: str, arms: str = "dense,causal") -> subprocess.CompletedProcess:
