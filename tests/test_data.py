@@ -544,7 +544,7 @@ def test_one_stream_warns_when_a_document_fills_consecutive_steps(tmp_path):
     one = ByteData(DataConfig(**base, streams=1), seed=0)
     message = one.long_document_warning(tokens_per_step=64)
     assert "long.txt, 2,000 bytes" in message and "about 31 consecutive training steps" in message
-    assert "data.streams = 0 (auto)" in message
+    assert "data.streams = 0 (auto) to take windows in turn from up to 16 streams" in message
     assert one.long_document_warning(tokens_per_step=251) is None  # 2,000 bytes < 8 steps of 251
     assert ByteData(DataConfig(**base), seed=0).long_document_warning(tokens_per_step=64) is None
     # auto on a corpus that fills only one stream: one stream too, but nothing the user could change

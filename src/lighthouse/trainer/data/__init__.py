@@ -341,8 +341,8 @@ class ByteData:
         return (
             f"the largest document ({name}, {size:,} bytes) fills about {size // tokens_per_step:,} consecutive "
             f"training steps of {tokens_per_step:,} tokens, read in one piece: set data.streams = 0 (auto) to take "
-            "windows in turn from up to 16 streams of documents (docs/results.md: every run of the robustness "
-            "matrix ended 0.2-1.0 bpb lower with 16)"
+            f"windows in turn from up to {AUTO_STREAMS} streams of documents (docs/results.md: every run of the "
+            "robustness matrix ended 0.2-1.0 bpb lower with 16)"
         )
 
     def state_dict(self) -> dict:
