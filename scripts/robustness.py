@@ -15,8 +15,8 @@ Your own data: --corpus NAME=GLOB[;GLOB...] adds a corpus of files (one document
 
 With one sequence per step, a long document fills consecutive steps and moves every arm alike;
 --set data.streams=16 takes the windows in turn from 16 streams of documents. The matrix on a CPU,
-code against the demo preset (about 25 minutes on 2 cores):
-    python scripts/robustness.py --config configs/demo.toml --corpora code --seeds 0,1 --device cpu \
+code on the CPU testbed preset (about 25 minutes on 2 cores):
+    python scripts/robustness.py --config configs/cpu-testbed.toml --corpora code --seeds 0,1 --device cpu \
         --arms dense,causal,causal-rec6,topk,causal-k2 --parallel 2 --set data.streams=16 \
         --set training.threads=1 --out runs/robustness-cpu --results docs/results/robustness-cpu.json
 

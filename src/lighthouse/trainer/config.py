@@ -97,7 +97,7 @@ class TrainingConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms (CPU runs are bitwise repeatable)
     threads: int = 0  # torch CPU threads; 0: torch's default
     log_every: int = 10  # steps between metrics lines (the only places the loss is read back from the GPU)
-    eval_every: int = 24  # steps between validation evaluations (and at each stage end); 0: stage ends only
+    eval_every: int = 16  # steps between validation evaluations (and at each stage end); 0: stage ends only
     # The leak meter (lighthouse.evals.leak) at every leak_every-th evaluation of a Lighthouse stage
     # and at its end, on 2 validation windows x leak_positions positions; 0: off. One process only.
     leak_every: int = 2
@@ -140,7 +140,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     stages: list[StageConfig] = field(
-        default_factory=lambda: [StageConfig("lighthouse", 90), StageConfig("dense", 54)]
+        default_factory=lambda: [StageConfig("lighthouse", 60), StageConfig("dense", 36)]
     )
 
     @property
