@@ -1,5 +1,6 @@
 """Run configs: presets load, overrides apply, errors name the key."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,16 @@ def test_demo_preset_is_the_default():
     assert [s.attention for s in cfg.stages] == ["lighthouse", "dense"]
     lh = cfg.lighthouse
     assert cfg.data.seq_len >= lh.min_seq_len and lh.sub_seq_len(cfg.data.seq_len) < cfg.data.seq_len
+
+
+def test_cpu_testbed_is_the_demo_model_at_its_former_144_steps():
+    """docs/results.md's CPU experiments name configs/cpu-testbed.toml: the demo's model, data and
+    optimizer with the 90 + 54 steps and evaluations every 24 steps they were measured with."""
+    testbed, demo = load_config(CONFIGS / "cpu-testbed.toml"), Config()
+    assert (testbed.model, testbed.lighthouse, testbed.data, testbed.optim) == (demo.model, demo.lighthouse, demo.data, demo.optim)
+    assert [(s.attention, s.steps) for s in testbed.stages] == [("lighthouse", 90), ("dense", 54)]
+    assert testbed.training.eval_every == 24 and testbed.name == "cpu-testbed"
+    assert dataclasses.replace(testbed.training, eval_every=demo.training.eval_every) == demo.training
 
 
 def test_paper_preset():
