@@ -131,9 +131,9 @@ class StageConfig:
 class Config:
     name: str = "demo"
     out_dir: str = "runs"
-    # The demo preset (configs/demo.toml): a 4,096-token window, layer 0 dense. ModelArgs's and
-    # LighthouseConfig's own defaults are the library's (the paper's L, p, K).
-    model: ModelArgs = field(default_factory=lambda: ModelArgs(dense_layers=[0]))
+    # The demo preset (configs/demo.toml): a 4,096-token window, Lighthouse in every layer.
+    # ModelArgs's and LighthouseConfig's own defaults are the library's (the paper's L, p, K).
+    model: ModelArgs = field(default_factory=lambda: ModelArgs(dense_layers=[]))
     lighthouse: LighthouseConfig = field(default_factory=lambda: LighthouseConfig(pooling=4, topk=128))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
